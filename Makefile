@@ -1,0 +1,45 @@
+# ganops — every target works on a fresh machine: `install` builds the environment it needs.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+# torch first, pinned: it is the CPU build on this disk; any other torch request pulls a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps demo test lint bench manifests clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH)
+	$(PIP) install -q -e '.[trainer,operator,serving,dev]'
+	touch $(STAMP)
+
+# Debian's prometheus/promtool for the tests that scrape real runs (root on these machines; skipped if present).
+system-deps:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+
+demo: install
+	$(VENV)/bin/ganops run manifests/examples/digits.yaml
+
+test: install system-deps
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) -m benchmarks.train_throughput
+	$(PY) -m benchmarks.toy_modes
+
+manifests: install
+	$(VENV)/bin/ganops crd -o manifests/crd/ganops.io_gantrainingjobs.yaml
+
+clean:
+	rm -rf .ganops reports/*.tmp

@@ -1,0 +1,261 @@
+"""GanTrainingJob spec and status: the single source of the job's shape.
+
+The CRD's OpenAPI schema (`ganops.api.crd`), the validation of example files and the trainer's
+configuration are all derived from these models. Wire names are camelCase; units live in the names.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from ganops.api.rules import check_rules
+
+API_GROUP = "ganops.io"
+API_VERSION = "v1alpha1"
+KIND = "GanTrainingJob"
+PLURAL = "gantrainingjobs"
+SHORT_NAME = "gtj"
+
+TWO_D_DATASETS = ("builtin:ring8", "builtin:grid25")
+
+
+class _Wire(BaseModel):
+    """camelCase on the wire, snake_case in Python, unknown fields rejected (typos must not pass silently)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_rules(self) -> Any:
+        check_rules(self)
+        return self
+
+
+MetricName = Literal["fid", "kid", "precision_recall", "modes"]
+
+
+class EmaSpec(_Wire):
+    enabled: bool = True
+    decay: float = Field(0.999, ge=0.0, lt=1.0, description="Generator EMA decay per step.")
+    start_step: int = Field(0, ge=0, description="Steps before EMA starts tracking (copies weights until then).")
+
+
+class ModelSpec(_Wire):
+    architecture: Literal["dcgan", "resnet", "mlp"] = Field(
+        "dcgan", description="dcgan/resnet: convolutional, for images; mlp: for 2-D point data."
+    )
+    latent_dim: int = Field(64, ge=1, le=4096)
+    image_size: int = Field(32, ge=2, le=128, description="Side in pixels (8..128, a power of 2); 2 for mlp.")
+    channels: int = Field(3, ge=1, le=4)
+    num_classes: int | None = Field(None, ge=2, le=10000, description="Set to train a conditional GAN.")
+    width: int = Field(64, ge=4, le=1024, description="Base feature maps (conv) or hidden units (mlp).")
+    depth: int = Field(3, ge=1, le=16, description="Hidden layers of the mlp pair.")
+    spectral_norm: bool = False
+    minibatch_std: bool = False
+    ema: EmaSpec = Field(default_factory=EmaSpec)
+
+
+class LossSpec(_Wire):
+    type: Literal["non-saturating", "wgan-gp", "hinge", "lsgan"] = "non-saturating"
+    gradient_penalty: float = Field(10.0, ge=0.0, description="λ of the WGAN-GP penalty (wgan-gp only).")
+    r1: float = Field(0.0, ge=0.0, description="γ of the R1 penalty on real data; 0 disables it.")
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=0.5, description="One-sided: real targets become 1 - labelSmoothing."
+    )
+
+
+class OptimizerSpec(_Wire):
+    lr_generator: float = Field(2e-4, gt=0.0, le=1.0)
+    lr_discriminator: float = Field(2e-4, gt=0.0, le=1.0)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.5, 0.999)
+    critic_steps: int = Field(1, ge=1, le=20, description="Discriminator steps per generator step.")
+
+
+class DatasetSpec(_Wire):
+    uri: str = Field(
+        ...,
+        min_length=1,
+        max_length=2048,
+        description="builtin:ring8 | builtin:grid25 | builtin:digits | file://… or s3://… folder or archive.",
+    )
+    augmentations: list[Literal["hflip", "translate"]] = Field(default_factory=list, max_length=4)
+
+
+class TrainingSpec(_Wire):
+    steps: int = Field(2000, ge=1, le=100_000_000)
+    batch_size: int = Field(64, ge=1, le=65536)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    deterministic: bool = False
+    log_every_steps: int = Field(50, ge=1)
+    num_workers: int = Field(0, ge=0, le=64)
+
+
+class Toleration(_Wire):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class ResourcesSpec(_Wire):
+    replicas: int = Field(1, ge=1, le=512, description="Nodes (pods); each runs torchrun.")
+    gpus_per_replica: int = Field(0, ge=0, le=16)
+    gpu_type: str | None = Field(None, max_length=63, description="Key into the price table, e.g. a100-80gb.")
+    cpu: str = Field("2", max_length=16)
+    memory: str = Field("8Gi", max_length=16)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    spot: bool = False
+    priority_class_name: str | None = Field(None, max_length=253)
+    image: str | None = Field(None, max_length=512, description="Trainer image; the operator's default if unset.")
+
+
+class CheckpointSpec(_Wire):
+    uri: str | None = Field(
+        None, max_length=2048, description="s3://bucket/prefix or file://dir; the platform default if unset."
+    )
+    every_steps: int = Field(500, ge=1)
+    keep_last: int = Field(3, ge=1, le=1000)
+    keep_best: int = Field(1, ge=0, le=100)
+
+
+class EvaluationSpec(_Wire):
+    every_steps: int = Field(1000, ge=1)
+    num_samples: int = Field(2000, ge=10, le=200_000)
+    metrics: list[MetricName] = Field(default_factory=lambda: list[MetricName](["fid"]), max_length=4)
+    feature_extractor: Literal["auto", "inception", "digits", "raw"] = "auto"
+    inception_weights_uri: str | None = Field(None, max_length=2048)
+
+
+class TrackingSpec(_Wire):
+    mlflow_uri: str | None = Field(None, max_length=2048)
+    experiment: str | None = Field(None, max_length=256)
+
+
+class BudgetSpec(_Wire):
+    max_cost_usd: float | None = Field(None, gt=0.0, alias="maxCostUSD")
+    max_gpu_hours: float | None = Field(None, gt=0.0, alias="maxGPUHours")
+    price_per_gpu_hour: float | None = Field(None, ge=0.0, alias="pricePerGPUHour")
+    spot_discount: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction off the price when spot is set.")
+
+
+class GatesSpec(_Wire):
+    max_fid: float | None = Field(None, ge=0.0, alias="maxFID")
+    min_recall: float | None = Field(None, ge=0.0, le=1.0)
+    min_modes: int | None = Field(None, ge=0)
+    min_high_quality: float | None = Field(None, ge=0.0, le=1.0)
+    max_safety_block_rate: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class PromotionSpec(_Wire):
+    model_name: str | None = Field(
+        None, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Defaults to the job name."
+    )
+    alias: str = Field("production", max_length=63, pattern=r"^[a-z][a-z0-9_-]*$")
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+    auto: bool = True
+
+
+class RunPolicySpec(_Wire):
+    backoff_limit: int = Field(3, ge=0, le=100, description="Application failures tolerated; preemptions are free.")
+    active_deadline_seconds: int | None = Field(None, ge=1)
+    ttl_seconds_after_finished: int | None = Field(None, ge=0)
+    suspend: bool = False
+
+
+class GanTrainingJobSpec(_Wire):
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    dataset: DatasetSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    queue_name: str | None = Field(None, max_length=63)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+
+    @property
+    def is_2d(self) -> bool:
+        return self.model.architecture == "mlp"
+
+
+# ---------------------------------------------------------------- status
+
+
+class Condition(_Wire):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+
+
+class CheckpointRef(_Wire):
+    uri: str
+    step: int
+    sha256: str | None = None
+    time: str | None = None
+    metric: float | None = Field(None, description="Promotion metric of this checkpoint (lower is better).")
+
+
+class Restarts(_Wire):
+    preemptions: int = 0
+    failures: int = 0
+
+
+class Cost(_Wire):
+    usd: float = 0.0
+    gpu_hours: float = 0.0
+
+
+class GanTrainingJobStatus(_Wire):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded"] | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+    step: int | None = None
+    last_checkpoint: CheckpointRef | None = None
+    best_checkpoint: CheckpointRef | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    restarts: Restarts = Field(default_factory=Restarts)
+    cost: Cost = Field(default_factory=Cost)
+    mlflow_run_id: str | None = None
+    promoted_version: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    namespace: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class GanTrainingJob(_Wire):
+    """A whole job file, as `kubectl apply -f` takes it."""
+
+    api_version: Literal["ganops.io/v1alpha1"] = "ganops.io/v1alpha1"
+    kind: Literal["GanTrainingJob"] = "GanTrainingJob"
+    metadata: ObjectMeta
+    spec: GanTrainingJobSpec
+    status: GanTrainingJobStatus | None = None
+

@@ -1,0 +1,142 @@
+"""The job spec: defaults, wire names, round trips and the messages a user sees for bad input."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ganops.api.loader import JobFileError, dump_job, job_from_object, load_job, parse_yaml, spec_from_object
+from ganops.api.spec import GanTrainingJob
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("*.yaml"))
+
+
+def minimal(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "ganops.io/v1alpha1",
+        "kind": "GanTrainingJob",
+        "metadata": {"name": "j"},
+        "spec": {"dataset": {"uri": "builtin:digits"}, "model": {"channels": 1, "imageSize": 16}, **spec},
+    }
+
+
+def problems(obj: dict[str, Any]) -> list[str]:
+    with pytest.raises(JobFileError) as info:
+        job_from_object(obj)
+    return info.value.problems
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_and_round_trip(path: Path) -> None:
+    job = load_job(path)
+    again = job_from_object(yaml.safe_load(dump_job(job)))
+    assert again == job
+
+
+def test_examples_cover_the_four_required_jobs() -> None:
+    jobs = [load_job(p).spec for p in EXAMPLES]
+    assert any(s.dataset.uri == "builtin:grid25" for s in jobs)
+    assert any(s.dataset.uri == "builtin:digits" for s in jobs)
+    assert any(s.model.image_size == 64 and s.resources.gpus_per_replica == 1 for s in jobs)
+    assert any(s.resources.replicas == 2 and s.resources.gpus_per_replica == 4 for s in jobs)
+
+
+def test_defaults_and_camel_case_wire_names() -> None:
+    job = job_from_object(minimal())
+    assert job.spec.training.precision == "fp32"
+    assert job.spec.loss.type == "non-saturating"
+    assert job.spec.promotion.alias == "production"
+    wire = job.model_dump(by_alias=True, mode="json")
+    assert "lrGenerator" in wire["spec"]["optimizer"]
+    assert "maxCostUSD" in wire["spec"]["budget"]
+    assert "maxGPUHours" in wire["spec"]["budget"]
+    assert "activeDeadlineSeconds" in wire["spec"]["runPolicy"]
+
+
+def test_negative_learning_rate_names_field_and_fix() -> None:
+    assert problems(minimal(optimizer={"lrGenerator": -1})) == ["spec.optimizer.lrGenerator must be > 0.0 (got -1)"]
+
+
+def test_every_problem_gets_its_own_line() -> None:
+    obj = minimal(
+        optimizer={"lrGenerator": 0, "betas": [0.5, 1.5]},
+        training={"precision": "fp8", "batchSize": "big"},
+        model={"architecure": "dcgan", "channels": 1, "imageSize": 16},
+    )
+    lines = problems(obj)
+    assert "spec.optimizer.lrGenerator must be > 0.0 (got 0)" in lines
+    assert "spec.optimizer.betas[1] must be < 1.0 (got 1.5)" in lines
+    assert "spec.training.precision must be one of 'fp32', 'bf16' or 'fp16' (got 'fp8')" in lines
+    assert "spec.training.batchSize must be a whole number (got 'big')" in lines
+    assert "spec.model.architecure is not a known field; did you mean 'architecture'?" in lines
+    assert len(lines) == 5
+
+
+def test_missing_dataset_is_required() -> None:
+    obj = minimal()
+    del obj["spec"]["dataset"]
+    assert problems(obj) == ["spec.dataset is required: add it"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        (
+            {"model": {"architecture": "mlp", "imageSize": 2}},
+            "spec.model.architecture must be 'mlp' for the 2-D datasets",
+        ),
+        ({"model": {"imageSize": 24, "channels": 1}}, "spec.model.imageSize must be one of 8, 16, 32, 64, 128"),
+        ({"model": {"imageSize": 16, "channels": 3}}, "spec.model.channels must be 1 for builtin:digits"),
+        ({"model": {"imageSize": 16, "channels": 1, "numClasses": 3}}, "spec.model.numClasses must be unset"),
+        ({"evaluation": {"metrics": ["modes"]}}, "spec.evaluation.metrics may only include 'modes'"),
+        ({"evaluation": {"featureExtractor": "inception"}}, "spec.evaluation.inceptionWeightsUri is required"),
+        ({"resources": {"gpuType": "a100"}}, "spec.resources.gpuType needs gpusPerReplica > 0"),
+        ({"dataset": {"uri": "builtin:cifar"}}, "spec.dataset.uri must be one of builtin:ring8"),
+        ({"checkpoint": {"uri": "gs://bucket"}}, "spec.checkpoint.uri must start with s3:// or file://"),
+    ],
+)
+def test_cross_field_rules_name_the_field(patch: dict[str, Any], expected: str) -> None:
+    obj = minimal()
+    for key, value in patch.items():
+        obj["spec"][key] = {**obj["spec"].get(key, {}), **value}
+    lines = problems(obj)
+    assert any(line.startswith(expected) for line in lines), lines
+
+
+def test_bare_spec_errors_are_prefixed_with_spec() -> None:
+    with pytest.raises(JobFileError) as info:
+        spec_from_object(
+            {"dataset": {"uri": "builtin:digits"}, "model": {"channels": 1, "imageSize": 16}, "training": {"steps": 0}}
+        )
+    assert info.value.problems == ["spec.training.steps must be >= 1 (got 0)"]
+
+
+def test_yaml_bomb_and_oversize_and_garbage_are_refused() -> None:
+    bomb = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
+    with pytest.raises(JobFileError, match="aliases"):
+        parse_yaml(bomb)
+    with pytest.raises(JobFileError, match="larger than"):
+        parse_yaml("a: " + "x" * (2 << 20))
+    with pytest.raises(JobFileError, match="not valid YAML at line 1"):
+        parse_yaml("a: [1, 2")
+    with pytest.raises(JobFileError, match="exactly one YAML document"):
+        parse_yaml("a: 1\n---\nb: 2\n")
+    with pytest.raises(JobFileError, match="expected a GanTrainingJob mapping"):
+        job_from_object(["not", "a", "mapping"])
+
+
+def test_huge_strings_are_bounded() -> None:
+    lines = problems(minimal(dataset={"uri": "s3://" + "x" * 5000}))
+    assert lines == ["spec.dataset.uri must be at most 2048 characters long"]
+
+
+def test_status_round_trip_keeps_unknown_fields() -> None:
+    obj = copy.deepcopy(minimal())
+    obj["status"] = {"phase": "Running", "step": 10, "cost": {"usd": 1.5, "gpuHours": 0.5}, "futureField": 1}
+    job = GanTrainingJob.model_validate(obj)
+    assert job.status is not None and job.status.cost.gpu_hours == 0.5
+    assert job.status.model_dump(by_alias=True)["futureField"] == 1
