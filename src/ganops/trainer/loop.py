@@ -1,0 +1,366 @@
+"""The training loop: components as typed attributes, one step method, a checkpoint manager that saves them.
+
+Everything a step depends on (weights, EMA, optimizers, scalers, every RNG, the data position, accrued cost)
+goes into the checkpoint, so a run killed at step N and resumed reaches step 2N with the same weights, bit for
+bit, as one that never stopped (in deterministic mode on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ganops import __version__
+from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec
+from ganops.cost import cost_of
+from ganops.trainer import distributed as dist_utils
+from ganops.trainer.checkpoint import Checkpoint, CheckpointError, CheckpointManager, job_root
+from ganops.trainer.data import DataStream, load_dataset, make_stream
+from ganops.trainer.ema import EMA
+from ganops.trainer.losses import discriminator_step_loss, generator_step_loss
+from ganops.trainer.models import build_models, sample_latent
+from ganops.trainer.progress import Progress, event
+
+DEFAULT_CHECKPOINT_URI = "file://.ganops/checkpoints"
+
+
+@dataclass
+class RunContext:
+    """Where a run lives: identity, storage and process topology. Built by the CLI from the job and env."""
+
+    namespace: str
+    job_name: str
+    checkpoint_uri: str
+    work_dir: Path
+    dist: dist_utils.DistContext = field(default_factory=dist_utils.DistContext)
+    progress: bool = True
+
+    @property
+    def checkpoint_root(self) -> str:
+        return job_root(self.checkpoint_uri, self.namespace, self.job_name)
+
+
+@dataclass
+class TrainResult:
+    status: str  # "completed" | "stopped" (SIGTERM/preemption: checkpointed, resumable)
+    step: int
+    last_checkpoint: dict[str, Any] | None
+    images_per_second: float
+
+
+def spec_hash(spec: GanTrainingJobSpec) -> str:
+    """Hash of what decides the weights; budget or run policy edits do not make old checkpoints foreign."""
+    relevant = spec.model_dump(mode="json", include={"model", "loss", "optimizer", "dataset", "training"})
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StopSignal:
+    """SIGTERM (preemption, eviction, `kubectl delete`) asks for a checkpoint and a clean exit 0."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+def configure_determinism(deterministic: bool, seed: int) -> None:
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+class Trainer:
+    def __init__(self, job: GanTrainingJob, ctx: RunContext, *, stop: StopSignal | None = None) -> None:
+        self.job = job
+        self.spec = job.spec
+        self.ctx = ctx
+        self.device = ctx.dist.device
+        self.stop = stop or StopSignal()
+        spec = self.spec
+        configure_determinism(spec.training.deterministic, spec.training.seed)
+
+        self.dataset = load_dataset(spec, cache_dir=ctx.work_dir / "data-cache")
+        self.stream: DataStream = make_stream(
+            self.dataset, spec.training.batch_size, spec.training.seed,
+            rank=ctx.dist.rank, world_size=ctx.dist.world_size, augmentations=list(spec.dataset.augmentations),
+        )
+        # Seeded identically on every rank, then made rank-specific, so ranks draw different latents.
+        self.g, self.d = build_models(spec.model, spec.loss)
+        self.g.to(self.device)
+        self.d.to(self.device)
+        dist_utils.broadcast_parameters(ctx.dist, self.g, self.d)
+        self.ema = EMA(self.g, spec.model.ema)
+        opt = spec.optimizer
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=opt.lr_generator, betas=opt.betas)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=opt.lr_discriminator, betas=opt.betas)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
+        scaling = spec.training.precision == "fp16"
+        self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
+        self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
+        self.latent_gen = torch.Generator(device="cpu").manual_seed(spec.training.seed * 1000 + ctx.dist.rank)
+        self.step = 0
+        self.elapsed_seconds = 0.0  # training wall time over all attempts, for cost
+        self.manager = CheckpointManager(
+            ctx.checkpoint_root, keep_last=spec.checkpoint.keep_last, keep_best=spec.checkpoint.keep_best,
+        )
+        self.g_step: Callable[..., Any] = self.g
+        self.d_step: Callable[..., Any] = self.d
+        if spec.training.compile:
+            self.g_step = torch.compile(self.g)
+            self.d_step = torch.compile(self.d)
+        self.last_values: dict[str, torch.Tensor] = {}
+        self.hooks: list[Callable[[Trainer, str], None]] = []
+        self.extra_state: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- state
+
+    def state_for_checkpoint(self) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+        weights = {
+            "generator": self.g.state_dict(),
+            "generator_ema": self.ema.ema_model.state_dict(),
+            "discriminator": self.d.state_dict(),
+        }
+        train_state: dict[str, Any] = {
+            "step": self.step,
+            "optimizer_g": self.opt_g.state_dict(),
+            "optimizer_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(),
+            "scaler_d": self.scaler_d.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_latent": self.latent_gen.get_state(),
+            "data": self.stream.state_dict(),
+            "ema": self.ema.state_dict_meta(),
+            "elapsed_seconds": self.elapsed_seconds,
+            "extra": self.extra_state,
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            train_state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return weights, train_state
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        try:
+            self.g.load_state_dict(ckpt.weights["generator"])
+            self.ema.ema_model.load_state_dict(ckpt.weights["generator_ema"])
+            self.d.load_state_dict(ckpt.weights["discriminator"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {ckpt.uri} does not fit this job's model (was spec.model changed?): {exc}"
+            ) from exc
+        state = ckpt.train_state
+        self.opt_g.load_state_dict(state["optimizer_g"])
+        self.opt_d.load_state_dict(state["optimizer_d"])
+        self.scaler_g.load_state_dict(state["scaler_g"])
+        self.scaler_d.load_state_dict(state["scaler_d"])
+        torch.set_rng_state(state["rng_torch"])
+        self.latent_gen.set_state(state["rng_latent"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.stream.load_state_dict(state["data"])
+        self.ema.load_state_dict_meta(state.get("ema", {}))
+        self.step = int(state["step"])
+        self.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
+        self.extra_state = dict(state.get("extra", {}))
+
+    def save_checkpoint(self, *, metric: float | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
+        weights, train_state = self.state_for_checkpoint()
+        record = self.manager.save(
+            self.step, weights, train_state, metric=metric,
+            info={
+                "specHash": spec_hash(self.spec),
+                "job": {"namespace": self.ctx.namespace, "name": self.ctx.job_name},
+                "versions": {"ganops": __version__, "torch": torch.__version__},
+                "worldSize": self.ctx.dist.world_size,
+                "cost": cost_of(self.spec, self.elapsed_seconds).as_wire(),
+                "generation": {"latentDim": self.spec.model.latent_dim, "numClasses": self.spec.model.num_classes},
+                "model": self.spec.model.model_dump(mode="json", by_alias=True, exclude_none=True),
+                **(info or {}),
+            },
+        )
+        event("checkpoint_saved", step=self.step, uri=record["uri"])
+        return record
+
+    # ----------------------------------------------------------------- one step
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _fake_labels(self, n: int) -> torch.Tensor | None:
+        if self.spec.model.num_classes is None:
+            return None
+        return torch.randint(0, self.spec.model.num_classes, (n,), generator=self.latent_gen).to(self.device)
+
+    def train_step(self, *, measure: bool = False) -> None:
+        spec = self.spec
+        fake: torch.Tensor | None = None
+        y_fake: torch.Tensor | None = None
+        for _ in range(spec.optimizer.critic_steps):
+            real, y_real = self.stream.next_batch()
+            real = real.to(self.device, non_blocking=True)
+            y_real = y_real.to(self.device) if (y_real is not None and spec.model.num_classes) else None
+            z = sample_latent(real.shape[0], spec.model.latent_dim, self.latent_gen, self.device)
+            y_fake = self._fake_labels(real.shape[0])
+            with self._autocast():
+                fake = self.g_step(z, y_fake)
+                d_real = self.d_step(real, y_real)
+                d_fake = self.d_step(fake.detach(), y_fake)
+            loss_d, parts_d = discriminator_step_loss(
+                spec.loss, self.d_step, real, fake.detach(), d_real, d_fake, y_real, y_fake,
+                generator=self.latent_gen,
+            )
+            self.opt_d.zero_grad(set_to_none=True)
+            self.scaler_d.scale(loss_d).backward()  # type: ignore[no-untyped-call]
+            dist_utils.average_gradients(self.ctx.dist, self.d)
+            if measure:
+                self.scaler_d.unscale_(self.opt_d)
+                self.last_values["grad_norm_d"] = _grad_norm(self.d)
+            self.scaler_d.step(self.opt_d)
+            self.scaler_d.update()
+        assert fake is not None
+        with self._autocast():
+            d_fake_g = self.d_step(fake, y_fake)
+        loss_g, parts_g = generator_step_loss(spec.loss, d_fake_g)
+        self.opt_g.zero_grad(set_to_none=True)
+        self.scaler_g.scale(loss_g).backward()  # type: ignore[no-untyped-call]
+        dist_utils.average_gradients(self.ctx.dist, self.g)
+        if measure:
+            self.scaler_g.unscale_(self.opt_g)
+            self.last_values["grad_norm_g"] = _grad_norm(self.g)
+        self.scaler_g.step(self.opt_g)
+        self.scaler_g.update()
+        self.step += 1
+        self.ema.update(self.g, self.step)
+        if measure:
+            self.last_values.update({"loss_d": loss_d.detach(), "loss_g": loss_g.detach()})
+            self.last_values.update({k: v.detach() for k, v in {**parts_d, **parts_g}.items()})
+
+    # ----------------------------------------------------------------- the run
+
+    def resume(self) -> bool:
+        ckpt = self.manager.load_latest()
+        if ckpt is None:
+            return False
+        if ckpt.manifest.get("specHash") not in (None, spec_hash(self.spec)):
+            event("resume_spec_changed", checkpoint=ckpt.uri,
+                  note="spec fields that shape training changed since this checkpoint")
+        self.restore(ckpt)
+        event("resumed", step=self.step, uri=ckpt.uri)
+        return True
+
+    def fit(self) -> TrainResult:
+        spec = self.spec
+        ctx = self.ctx
+        total = spec.training.steps
+        self.resume()
+        progress = Progress(total, start_step=self.step, enabled=ctx.dist.is_main,
+                            interactive=None if ctx.progress else False)
+        last_record: dict[str, Any] | None = self.manager.latest_record()
+        saved_at = self.step if last_record is not None else -1
+        log_every = spec.training.log_every_steps
+        ckpt_every = spec.checkpoint.every_steps
+        images = 0
+        rate = 0.0
+        status = "completed"
+        started = time.perf_counter()
+        self._fire("start")
+        try:
+            while self.step < total:
+                if dist_utils.any_rank(ctx.dist, self.stop.requested):
+                    status = "stopped"
+                    break
+                measure = (self.step + 1) % log_every == 0
+                self.train_step(measure=measure)
+                images += spec.training.batch_size * ctx.dist.world_size
+                if measure:
+                    values = {k: float(v) for k, v in self.last_values.items()}
+                    rate = progress.update(self.step, images, values)
+                    images = 0
+                    self.extra_state["last_values"] = values
+                    self._fire("log")
+                if self.step % ckpt_every == 0 and self.step < total:
+                    self.elapsed_seconds += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self._fire("before_checkpoint")
+                    last_record = self._checkpoint()
+                    saved_at = self.step
+            self.elapsed_seconds += time.perf_counter() - started
+            if saved_at != self.step:
+                self._fire("before_checkpoint")
+                last_record = self._checkpoint()
+        finally:
+            progress.close()
+        if status == "stopped":
+            event("stopped", step=self.step, signal=self.stop.signal_name, note="checkpoint saved; exit 0")
+        else:
+            self._fire("end")
+        return TrainResult(status=status, step=self.step, last_checkpoint=last_record, images_per_second=rate)
+
+    def _checkpoint(self) -> dict[str, Any] | None:
+        record: dict[str, Any] | None = None
+        if self.ctx.dist.is_main:
+            try:
+                record = self.save_checkpoint(
+                    metric=self.extra_state.get("metric"), info=self.extra_state.get("checkpoint_info"),
+                )
+            except CheckpointError as exc:
+                event("checkpoint_failed", step=self.step, error=str(exc))
+        dist_utils.barrier(self.ctx.dist)
+        return record
+
+    def _fire(self, moment: str) -> None:
+        for hook in self.hooks:
+            hook(self, moment)
+
+    # ----------------------------------------------------------------- sampling
+
+    @torch.inference_mode()
+    def sample(self, n: int, seed: int = 0, *, use_ema: bool = True) -> torch.Tensor:
+        return generate(self.ema.ema_model if use_ema else self.g, n, seed, self.spec.model.latent_dim,
+                        self.spec.model.num_classes, self.device)
+
+
+def generate(g: nn.Module, n: int, seed: int, latent_dim: int, num_classes: int | None,
+             device: torch.device, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Samples from fixed latents: the same (weights, seed) always gives the same output."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    z = sample_latent(n, latent_dim, gen, device)
+    y = None
+    if num_classes:
+        y = labels if labels is not None else torch.arange(n) % num_classes
+        y = y.to(device)
+    was_training = g.training
+    g.eval()
+    try:
+        out: torch.Tensor = g(z, y)
+    finally:
+        g.train(was_training)
+    return out.float().cpu()
+
+
+def _grad_norm(module: nn.Module) -> torch.Tensor:
+    norms = [p.grad.detach().norm(2) for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+

@@ -1,0 +1,167 @@
+"""`ganops` as a pod runs it: real processes, real signals, torchrun with gloo, S3 on moto."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ganops.trainer.checkpoint import CheckpointManager
+from tests.support.jobs import digits_job, grid_job, write_job
+from tests.support.moto_server import MotoS3Server
+
+BIN = Path(sys.executable).parent
+
+
+def ganops(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "ganops"), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
+
+
+def test_validate_exit_code_and_one_line_per_problem(tmp_path: Path) -> None:
+    bad = grid_job(optimizer={"lrGenerator": -1}, training={"precision": "fp8"})
+    result = ganops("validate", str(write_job(bad, tmp_path / "bad.yaml")))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        f"error: {tmp_path / 'bad.yaml'}: spec.optimizer.lrGenerator must be > 0.0 (got -1)",
+        f"error: {tmp_path / 'bad.yaml'}: spec.training.precision must be one of 'fp32', 'bf16' or 'fp16' (got 'fp8')",
+    ]
+    assert "Traceback" not in result.stderr
+    good = ganops("validate", str(write_job(grid_job(), tmp_path / "good.yaml")))
+    assert good.returncode == 0, good.stderr
+
+
+def test_unreadable_dataset_fails_before_training(tmp_path: Path) -> None:
+    job = digits_job(dataset={"uri": f"file://{tmp_path}/nothing-here"})
+    result = ganops(
+        "train",
+        "--job",
+        str(write_job(job, tmp_path / "j.yaml")),
+        "--work-dir",
+        str(tmp_path / "w"),
+        env={"GANOPS_CHECKPOINT_URI": f"file://{tmp_path}/ckpt"},
+    )
+    assert result.returncode == 3, result.stderr
+    assert "spec.dataset.uri" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path: Path) -> None:
+    job = grid_job(training={"steps": 1_000_000, "logEverySteps": 20}, checkpoint={"everySteps": 1_000_000})
+    path = write_job(job, tmp_path / "j.yaml")
+    env = {**os.environ, "GANOPS_CHECKPOINT_URI": f"file://{tmp_path}/ckpt", "GANOPS_NAMESPACE": "ns"}
+    proc = subprocess.Popen(
+        [str(BIN / "ganops"), "train", "--job", str(path), "--work-dir", str(tmp_path / "w"), "--no-progress"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 60
+    while '"event": "progress"' not in lines.get(timeout=max(0.1, deadline - time.monotonic())):
+        pass
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert time.monotonic() - sent < 10, "must finish well inside a 30 s grace period"
+    manager = CheckpointManager(f"file://{tmp_path}/ckpt/ns/grid")
+    record = manager.latest_record()
+    assert record is not None and record["step"] >= 20
+    ckpt = manager.load_latest()
+    assert ckpt is not None and ckpt.step == record["step"]
+
+
+def test_torchrun_two_process_gloo_writes_the_same_checkpoint_format(tmp_path: Path) -> None:
+    job = digits_job(training={"steps": 4, "logEverySteps": 2}, checkpoint={"everySteps": 2})
+    path = write_job(job, tmp_path / "j.yaml")
+    env = {
+        **os.environ,
+        "GANOPS_CHECKPOINT_URI": f"file://{tmp_path}/ckpt",
+        "GANOPS_NAMESPACE": "ns",
+        "OMP_NUM_THREADS": "1",
+    }
+    result = subprocess.run(
+        [
+            str(BIN / "torchrun"),
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "ganops.cli",
+            "train",
+            "--job",
+            str(path),
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = tmp_path / "single"
+    ganops(
+        "train",
+        "--job",
+        str(path),
+        "--work-dir",
+        str(single / "w"),
+        "--no-progress",
+        env={"GANOPS_CHECKPOINT_URI": f"file://{single}/ckpt", "GANOPS_NAMESPACE": "ns"},
+    )
+    ddp_dir = tmp_path / "ckpt/ns/digits/step-000000004"
+    single_dir = single / "ckpt/ns/digits/step-000000004"
+    assert sorted(p.name for p in ddp_dir.iterdir()) == sorted(p.name for p in single_dir.iterdir())
+    ddp = CheckpointManager(f"file://{tmp_path}/ckpt/ns/digits").load_latest()
+    one = CheckpointManager(f"file://{single}/ckpt/ns/digits").load_latest()
+    assert ddp is not None and one is not None
+    assert ddp.weights["generator"].keys() == one.weights["generator"].keys()
+    manifest = json.loads((ddp_dir / "manifest.json").read_text())
+    assert manifest["worldSize"] == 2
+
+
+def test_train_and_generate_against_s3(moto_s3: MotoS3Server, tmp_path: Path) -> None:
+    bucket = moto_s3.create_bucket()
+    job = grid_job(checkpoint={"uri": f"s3://{bucket}/ckpt"})
+    result = ganops(
+        "train",
+        "--job",
+        str(write_job(job, tmp_path / "j.yaml")),
+        "--work-dir",
+        str(tmp_path / "w"),
+        "--no-progress",
+        env={"GANOPS_NAMESPACE": "ns"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = f"s3://{bucket}/ckpt/ns/grid"
+    out = tmp_path / "points.npy"
+    gen = ganops("generate", "--checkpoint", root, "-n", "100", "-o", str(out))
+    assert gen.returncode == 0, gen.stderr
+    points = np.load(out)
+    assert points.shape == (100, 2) and np.isfinite(points).all()
+    png = tmp_path / "grid.png"
+    assert ganops("generate", "--checkpoint", root, "-n", "50", "-o", str(png)).returncode == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = ganops("generate", "--checkpoint", root, "-n", "100", "-o", str(tmp_path / "again.npy"))
+    assert again.returncode == 0
+    assert np.array_equal(np.load(tmp_path / "again.npy"), points), "same checkpoint + seed → same samples"
+
+
+@pytest.mark.parametrize("suffix", [".txt"])
+def test_generate_rejects_unknown_output_format(suffix: str, tmp_path: Path) -> None:
+    result = ganops("generate", "--checkpoint", f"file://{tmp_path}", "-o", str(tmp_path / f"x{suffix}"))
+    assert result.returncode == 2 and "--output must end in .png or .npy" in result.stderr
