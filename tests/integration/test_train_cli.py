@@ -69,12 +69,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path: Path) -> None:
     assert proc.stderr is not None
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
-    deadline = time.monotonic() + 60
-    while '"event": "progress"' not in lines.get(timeout=max(0.1, deadline - time.monotonic())):
-        pass
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
+    try:
+        deadline = time.monotonic() + 60
+        while '"event": "progress"' not in lines.get(timeout=max(0.1, deadline - time.monotonic())):
+            pass
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:  # never leave a trainer behind when the test fails
+            proc.kill()
+            proc.wait()
     assert time.monotonic() - sent < 10, "must finish well inside a 30 s grace period"
     manager = CheckpointManager(f"file://{tmp_path}/ckpt/ns/grid")
     record = manager.latest_record()
