@@ -1,0 +1,203 @@
+"""Runs safety filters in order over one batch of samples and decides, per sample, what the user gets.
+
+* Filters run in the order given. A sample blocked by one filter is not sent to later ones.
+* Fail-closed: a filter that raises (or answers the wrong number of verdicts) blocks every sample it was
+  checking, with outcome ``error`` and reason ``filter <name> failed: <ExceptionType>``; the traceback goes to the
+  log, never to users. A verdict of ``error`` returned by a filter blocks too.
+* ``mode="withhold"``: blocked samples have no output. ``mode="replace"``: blocked images become a neutral grey
+  image of the same shape (``replaced=True``); blocked 2-D points are withheld (there is no neutral point).
+* ``on_decision(filter, outcome)`` is called once per verdict (the app counts
+  ``ganops_safety_decisions_total{filter,outcome}`` with it); an ``AuditSink`` gets one record per blocked sample
+  and is flushed at the end of the run. Neither may break a request: their errors are logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from .audit import AuditSink
+from .base import RequestContext, SafetyFilter, Sample, Verdict
+
+__all__ = ["DecisionCallback", "Mode", "SafetyPipeline", "SampleDecision", "neutral_image", "sample_sha256"]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["withhold", "replace"]
+DecisionCallback = Callable[[str, str], None]
+
+NEUTRAL_GREY = 128
+
+
+@dataclass(frozen=True)
+class SampleDecision:
+    """The pipeline's decision for one sample.
+
+    ``output`` is what the user gets: the sample's pixels when allowed, a grey image when replaced, else ``None``.
+    """
+
+    index: int
+    allowed: bool
+    verdicts: list[Verdict]
+    blocked_by: str | None = None
+    reason: str = ""
+    replaced: bool = False
+    output: np.ndarray | None = field(default=None, repr=False)
+
+
+def neutral_image(shape: tuple[int, ...]) -> np.ndarray:
+    """A mid-grey ``uint8`` image of ``shape`` (HWC); an alpha channel is opaque."""
+    image = np.full(shape, NEUTRAL_GREY, dtype=np.uint8)
+    if len(shape) == 3 and shape[2] == 4:
+        image[..., 3] = 255
+    return image
+
+
+def sample_sha256(sample: Sample) -> str:
+    """SHA-256 of the sample's pixel bytes (C order), as audit records identify samples."""
+    return hashlib.sha256(np.ascontiguousarray(sample.pixels).tobytes()).hexdigest()
+
+
+class SafetyPipeline:
+    """Filters in order, fail-closed. Call :meth:`run` (or the instance) with a batch and its request context."""
+
+    def __init__(
+        self,
+        filters: Sequence[SafetyFilter],
+        mode: Mode = "withhold",
+        *,
+        on_decision: DecisionCallback | None = None,
+        audit_sink: AuditSink | None = None,
+    ) -> None:
+        if mode not in ("withhold", "replace"):
+            raise ValueError(f"mode must be 'withhold' or 'replace', not {mode!r}")
+        names = [f.name for f in filters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"filter names must be unique: {names}")
+        self.filters = list(filters)
+        self.mode: Mode = mode
+        self.on_decision = on_decision
+        self.audit_sink = audit_sink
+
+    @property
+    def filter_names(self) -> list[str]:
+        return [f.name for f in self.filters]
+
+    def warm_up(self) -> None:
+        """Load every filter's model now (call it before reporting ready); errors propagate to the caller."""
+        for flt in self.filters:
+            warm_up = getattr(flt, "warm_up", None)
+            if callable(warm_up):
+                warm_up()
+
+    def __call__(self, samples: list[Sample], context: RequestContext) -> list[SampleDecision]:
+        return self.run(samples, context)
+
+    def run(self, samples: list[Sample], context: RequestContext) -> list[SampleDecision]:
+        verdicts: dict[int, list[Verdict]] = {pos: [] for pos in range(len(samples))}
+        blocked: dict[int, Verdict] = {}
+        for flt in self.filters:
+            positions = [pos for pos in range(len(samples)) if pos not in blocked]
+            if not positions:
+                break
+            for pos, verdict in zip(positions, self._check(flt, [samples[p] for p in positions], context), strict=True):
+                verdicts[pos].append(verdict)
+                self._count(verdict)
+                if verdict.blocks:
+                    blocked[pos] = verdict
+
+        decisions = [self._decide(pos, sample, verdicts[pos], blocked.get(pos)) for pos, sample in enumerate(samples)]
+        if blocked:
+            self._audit(samples, decisions, context)
+        return decisions
+
+    def _check(self, flt: SafetyFilter, batch: list[Sample], context: RequestContext) -> list[Verdict]:
+        name = flt.name
+        try:
+            result = flt.check(batch, context)
+            if len(result) != len(batch):
+                raise FilterContractError(f"{name} returned {len(result)} verdicts for {len(batch)} samples")
+            for verdict in result:
+                if not isinstance(verdict, Verdict):
+                    raise FilterContractError(f"{name} returned {type(verdict).__name__}, not Verdict")
+        except Exception as exc:
+            logger.exception(
+                "safety filter %s failed on %d sample(s) of request %s: blocking them (fail-closed)",
+                name,
+                len(batch),
+                context.request_id,
+            )
+            reason = f"filter {name} failed: {type(exc).__name__}"
+            return [Verdict(name, "error", reason) for _ in batch]
+        return [v if v.filter == name else Verdict(name, v.outcome, v.reason, v.score) for v in result]
+
+    def _count(self, verdict: Verdict) -> None:
+        if self.on_decision is None:
+            return
+        try:
+            self.on_decision(verdict.filter, verdict.outcome)
+        except Exception:
+            logger.exception("safety decision callback failed for %s/%s", verdict.filter, verdict.outcome)
+
+    def _decide(self, pos: int, sample: Sample, verdicts: list[Verdict], blocker: Verdict | None) -> SampleDecision:
+        if blocker is None:
+            return SampleDecision(sample.index, True, verdicts, output=sample.pixels)
+        reason = blocker.reason or f"blocked by {blocker.filter}"
+        if self.mode == "replace" and sample.is_image:
+            return SampleDecision(
+                sample.index,
+                False,
+                verdicts,
+                blocker.filter,
+                reason,
+                replaced=True,
+                output=neutral_image(sample.pixels.shape),
+            )
+        return SampleDecision(sample.index, False, verdicts, blocker.filter, reason)
+
+    def _audit(self, samples: list[Sample], decisions: list[SampleDecision], context: RequestContext) -> None:
+        if self.audit_sink is None:
+            return
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        try:
+            for sample, decision in zip(samples, decisions, strict=True):
+                if decision.allowed:
+                    continue
+                blocker = decision.verdicts[-1]
+                record: dict[str, Any] = {
+                    "time": now,
+                    "request_id": context.request_id,
+                    "model": context.model_name,
+                    "version": context.model_version,
+                    "api_key_id": context.api_key_id,
+                    "request_label": context.label,
+                    "sample_index": sample.index,
+                    "sample_label": sample.label,
+                    "sample_sha256": sample_sha256(sample),
+                    "sample_shape": list(sample.pixels.shape),
+                    "filter": blocker.filter,
+                    "outcome": blocker.outcome,
+                    "reason": blocker.reason,
+                    "score": blocker.score,
+                    "mode": self.mode,
+                    "replaced": decision.replaced,
+                    "verdicts": [
+                        {"filter": v.filter, "outcome": v.outcome, "reason": v.reason, "score": v.score}
+                        for v in decision.verdicts
+                    ],
+                    "pixels": sample.pixels,
+                }
+                self.audit_sink.write(record)
+            self.audit_sink.flush()
+        except Exception:
+            logger.exception("safety audit write failed for request %s", context.request_id)
+
+
+class FilterContractError(RuntimeError):
+    """A filter answered something other than one :class:`Verdict` per sample."""

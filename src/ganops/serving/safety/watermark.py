@@ -1,0 +1,302 @@
+"""Invisible watermark on every returned image, and its verification.
+
+What is embedded: a *message* of ``payload_bits`` + 32 bits. The payload is ``HMAC-SHA256(key, model id)``
+truncated to ``payload_bits`` (it names the model version to whoever holds the key); the last 32 bits are a tag,
+``HMAC-SHA256(key, payload)`` truncated, so verification needs no list of model versions and a random image
+passes the tag check with probability 2^-32.
+
+Two carriers:
+
+``keyed-qim`` (every image, any size from ``message bits`` values up)
+    Quantisation-index modulation with step 4 on the colour values (not alpha), at positions, dither and
+    whitening drawn from the key (SHAKE-256 of an HMAC of the key and the image shape: stable across numpy
+    versions). Each value moves by at most 2 grey levels (mean 1). Message bits are spread over the image,
+    each repeated ``values / message bits`` times; decoding takes a majority vote per bit.
+    Exact under PNG (lossless). Not designed to survive JPEG, resizing or cropping: after JPEG a small image
+    verifies as ``present=False`` (see docs/safety.md for measured rates).
+
+``dwtDct`` (RGB/RGBA images with H x W >= 256 x 256, the minimum ``imwatermark`` accepts)
+    ``invisible-watermark``'s DWT-DCT embedding of the same message, added before the QIM layer. It tolerates
+    JPEG without chroma subsampling at quality >= 90 on photographs. ``imwatermark`` imports torch (via its
+    rivaGan module), so it is imported only when a large image is seen; without it that layer is skipped.
+    Its decoded bits may hold errors: besides the exact tag check, they are matched against the messages of
+    known model ids (>= ``dwt_min_agreement`` of the bits).
+
+:meth:`Watermarker.verify` returns ``present=True`` only when the QIM message has a valid tag and at least
+``min_score`` of the values agree with it, or the dwtDct bits have a valid tag or match a known model's message.
+The key comes from settings (a Kubernetes Secret); it is never hard-coded outside tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DWT_MIN_PIXELS", "TAG_BITS", "WatermarkError", "WatermarkResult", "Watermarker"]
+
+logger = logging.getLogger(__name__)
+
+TAG_BITS = 32
+QIM_STEP = 4
+DWT_MIN_PIXELS = 256 * 256
+MIN_KEY_BYTES = 16
+
+
+class WatermarkError(ValueError):
+    """The image cannot carry the watermark (too small, wrong type)."""
+
+
+@dataclass(frozen=True)
+class WatermarkResult:
+    """``payload``: hex of the payload bits when ``present``; ``method``: the carrier that verified (or was tried)."""
+
+    present: bool
+    score: float
+    payload: str | None
+    method: str
+
+
+@dataclass(frozen=True)
+class _Layout:
+    bit_of_value: np.ndarray  # message-bit index carried by each colour value (flattened HWC order)
+    whitening: np.ndarray  # 0/1 per value
+    dither: np.ndarray  # 0..QIM_STEP-1 per value
+
+
+def _bits(data: bytes, count: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:count].astype(np.uint8)
+
+
+def _check_pixels(pixels: np.ndarray) -> np.ndarray:
+    """``uint8`` HWC (C in 1, 3, 4); a 2-D grey array (as PIL decodes grey PNGs) is taken as HW1."""
+    if isinstance(pixels, np.ndarray) and pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if (
+        not isinstance(pixels, np.ndarray)
+        or pixels.dtype != np.uint8
+        or pixels.ndim != 3
+        or pixels.shape[2]
+        not in (
+            1,
+            3,
+            4,
+        )
+    ):
+        shape = getattr(pixels, "shape", None)
+        raise WatermarkError(f"expected uint8 HWC pixels with 1, 3 or 4 channels, got {shape}")
+    return pixels
+
+
+class Watermarker:
+    """Embeds and verifies the watermark. ``key``: secret bytes (>= 16); ``payload_bits``: 32-64, multiple of 8.
+
+    ``model_id`` (e.g. ``"digits-dcgan:7"``) is what the payload names; :meth:`embed` can override it.
+    """
+
+    def __init__(
+        self,
+        key: bytes,
+        payload_bits: int = 32,
+        *,
+        model_id: str = "",
+        min_score: float = 0.75,
+        use_dwt: bool = True,
+        dwt_min_agreement: float = 0.9,
+    ) -> None:
+        if not isinstance(key, bytes | bytearray) or len(key) < MIN_KEY_BYTES:
+            raise ValueError(f"the watermark key must be at least {MIN_KEY_BYTES} bytes")
+        if not 32 <= payload_bits <= 64 or payload_bits % 8:
+            raise ValueError("payload_bits must be 32, 40, 48, 56 or 64")
+        self._key = bytes(key)
+        self.payload_bits = payload_bits
+        self.message_bits = payload_bits + TAG_BITS
+        self.model_id = model_id
+        self.min_score = min_score
+        self.use_dwt = use_dwt
+        self.dwt_min_agreement = dwt_min_agreement
+        self._layouts: dict[tuple[int, int, int], _Layout] = {}
+
+    def __repr__(self) -> str:  # never show the key
+        return f"Watermarker(payload_bits={self.payload_bits}, model_id={self.model_id!r})"
+
+    # ------------------------------------------------------------------------------------------- message
+
+    def _mac(self, label: bytes, data: bytes) -> bytes:
+        return hmac.new(self._key, label + b"\x00" + data, hashlib.sha256).digest()
+
+    def payload_for(self, model_id: str) -> str:
+        """Hex of the payload embedded for ``model_id`` (what :meth:`verify` returns as ``payload``)."""
+        return self._mac(b"payload", model_id.encode()).hex()[: self.payload_bits // 4]
+
+    def _tag(self, payload: bytes) -> bytes:
+        return self._mac(b"tag", payload)[: TAG_BITS // 8]
+
+    def _message(self, model_id: str) -> np.ndarray:
+        payload = bytes.fromhex(self.payload_for(model_id))
+        return _bits(payload + self._tag(payload), self.message_bits)
+
+    def _split(self, message: np.ndarray) -> tuple[bytes, bool, float]:
+        """``(payload bytes, tag valid, fraction of tag bits that match)`` for decoded message bits."""
+        packed = np.packbits(message.astype(np.uint8)).tobytes()
+        payload, tag = packed[: self.payload_bits // 8], packed[self.payload_bits // 8 :]
+        expected = _bits(self._tag(payload), TAG_BITS)
+        agreement = float((expected == _bits(tag, TAG_BITS)).mean())
+        return payload, hmac.compare_digest(tag, self._tag(payload)), agreement
+
+    # -------------------------------------------------------------------------------------------- layout
+
+    def _layout(self, shape: tuple[int, int, int]) -> _Layout:
+        layout = self._layouts.get(shape)
+        if layout is None:
+            n = shape[0] * shape[1] * shape[2]
+            seed = self._mac(b"layout", struct.pack("<III", *shape))
+            stream = hashlib.shake_256(seed).digest(9 * n)
+            order = np.argsort(np.frombuffer(stream[: 8 * n], dtype="<u8"), kind="stable")
+            bit_of_value = np.empty(n, dtype=np.int64)
+            bit_of_value[order] = np.arange(n) % self.message_bits
+            extra = np.frombuffer(stream[8 * n :], dtype=np.uint8)
+            layout = _Layout(bit_of_value, (extra & 1).astype(np.int64), ((extra >> 1) % QIM_STEP).astype(np.int64))
+            if len(self._layouts) > 64:
+                self._layouts.clear()
+            self._layouts[shape] = layout
+        return layout
+
+    @staticmethod
+    def _colour(pixels: np.ndarray) -> np.ndarray:
+        return pixels[..., :3] if pixels.shape[2] == 4 else pixels
+
+    def capacity(self, shape: tuple[int, ...]) -> int:
+        """Colour values an image of ``shape`` (HWC) offers; it must be at least ``message_bits``."""
+        return int(shape[0] * shape[1] * min(shape[2], 3))
+
+    # ------------------------------------------------------------------------------------------- embed
+
+    def embed(self, pixels: np.ndarray, model_id: str | None = None) -> np.ndarray:
+        """A watermarked copy of ``pixels`` (``uint8`` HWC, 1/3/4 channels, or HW grey); same shape and dtype."""
+        shape = pixels.shape
+        pixels = _check_pixels(pixels)
+        if self.capacity(pixels.shape) < self.message_bits:
+            raise WatermarkError(
+                f"image {pixels.shape} has {self.capacity(pixels.shape)} colour values; "
+                f"the watermark needs at least {self.message_bits}"
+            )
+        message = self._message(self.model_id if model_id is None else model_id)
+        out = np.array(pixels, dtype=np.uint8, copy=True)
+        if self._dwt_eligible(out):
+            out = self._dwt_embed(out, message)
+        colour = self._colour(out)
+        marked = self._qim_embed(colour, message)
+        if out.shape[2] == 4:
+            out[..., :3] = marked
+            return out
+        return marked.reshape(shape)
+
+    def _qim_embed(self, colour: np.ndarray, message: np.ndarray) -> np.ndarray:
+        layout = self._layout((colour.shape[0], colour.shape[1], colour.shape[2]))
+        x = colour.reshape(-1).astype(np.int64)
+        target = (layout.dither + QIM_STEP // 2 * (message[layout.bit_of_value] ^ layout.whitening)) % QIM_STEP
+        down = x - ((x - target) % QIM_STEP)  # nearest value <= x with the target residue
+        up = down + QIM_STEP
+        choose_up = (up - x) < (x - down)
+        # Ties (distance 2 both ways): pick the value nearer mid-grey, so clipping never interferes.
+        tie = (up - x) == (x - down)
+        choose_up |= tie & (x < 128)
+        y = np.where(choose_up, up, down)
+        y = np.where(y < 0, y + QIM_STEP, y)
+        y = np.where(y > 255, y - QIM_STEP, y)
+        marked: np.ndarray = y.astype(np.uint8).reshape(colour.shape)
+        return marked
+
+    # ------------------------------------------------------------------------------------------ verify
+
+    def verify(self, pixels: np.ndarray, model_ids: Iterable[str] = ()) -> WatermarkResult:
+        """Whether ``pixels`` carries our watermark. Never raises for a well-formed image.
+
+        ``model_ids``: candidate model ids (besides ``self.model_id``) for the ``dwtDct`` carrier, whose decoded
+        bits may hold a few errors: it then matches the bits against each candidate's message instead of
+        checking the tag exactly (present when at least ``dwt_min_agreement`` of the bits agree).
+        """
+        pixels = _check_pixels(pixels)
+        if self.capacity(pixels.shape) < self.message_bits:
+            return WatermarkResult(False, 0.0, None, "none")
+        result = self._qim_verify(self._colour(pixels))
+        if result.present or not self._dwt_eligible(pixels):
+            return result
+        dwt = self._dwt_verify(pixels, [self.model_id, *model_ids])
+        return dwt if dwt.present else result
+
+    def _qim_verify(self, colour: np.ndarray) -> WatermarkResult:
+        layout = self._layout((colour.shape[0], colour.shape[1], colour.shape[2]))
+        x = colour.reshape(-1).astype(np.int64)
+        residue = (x - layout.dither) % QIM_STEP
+        decided = (residue % 2) == 0  # residues 1 and 3 lie between the two lattices: erasures
+        bit = (residue // 2) ^ layout.whitening
+        ones = np.bincount(layout.bit_of_value[decided], weights=bit[decided], minlength=self.message_bits)
+        votes = np.bincount(layout.bit_of_value[decided], minlength=self.message_bits).astype(np.float64)
+        message = (ones * 2 > votes).astype(np.uint8)
+        agree = decided & (bit == message[layout.bit_of_value])
+        score = float(agree.mean())
+        payload, tag_ok, _ = self._split(message)
+        present = bool(tag_ok and (votes > 0).all() and score >= self.min_score)
+        return WatermarkResult(present, score, payload.hex() if present else None, "keyed-qim")
+
+    # --------------------------------------------------------------------------------------------- dwt
+
+    def _dwt_eligible(self, pixels: np.ndarray) -> bool:
+        large = pixels.shape[2] in (3, 4) and pixels.shape[0] * pixels.shape[1] >= DWT_MIN_PIXELS
+        return self.use_dwt and large and _imwatermark_available()
+
+    def _dwt_embed(self, pixels: np.ndarray, message: np.ndarray) -> np.ndarray:
+        encoder_cls, _ = _imwatermark()
+        encoder = encoder_cls()
+        encoder.set_watermark("bits", [int(b) for b in message])
+        bgr = np.ascontiguousarray(pixels[..., 2::-1])
+        encoded = np.asarray(encoder.encode(bgr, "dwtDct"))
+        out = pixels.copy()
+        out[..., :3] = np.clip(encoded, 0, 255).astype(np.uint8)[..., ::-1]
+        return out
+
+    def _dwt_verify(self, pixels: np.ndarray, model_ids: list[str]) -> WatermarkResult:
+        _, decoder_cls = _imwatermark()
+        decoder = decoder_cls("bits", self.message_bits)
+        bgr = np.ascontiguousarray(pixels[..., 2::-1])
+        bits = np.asarray(decoder.decode(bgr, "dwtDct"), dtype=np.uint8)
+        payload, tag_ok, agreement = self._split(bits)
+        if tag_ok:
+            return WatermarkResult(True, 1.0, payload.hex(), "dwtDct")
+        best, best_id = 0.0, ""
+        for model_id in dict.fromkeys(model_ids):
+            score = float((bits == self._message(model_id)).mean())
+            if score > best:
+                best, best_id = score, model_id
+        if best >= self.dwt_min_agreement:
+            return WatermarkResult(True, best, self.payload_for(best_id), "dwtDct")
+        return WatermarkResult(False, max(best, agreement), None, "dwtDct")
+
+
+_IMWATERMARK: list[bool] = []
+
+
+def _imwatermark_available() -> bool:
+    """Whether ``imwatermark`` imports (checked once; without it large images get the QIM layer only)."""
+    if not _IMWATERMARK:
+        try:
+            _imwatermark()
+            _IMWATERMARK.append(True)
+        except Exception:
+            logger.warning("invisible-watermark is not importable: large images get the keyed-qim watermark only")
+            _IMWATERMARK.append(False)
+    return _IMWATERMARK[0]
+
+
+def _imwatermark() -> tuple[Any, Any]:
+    from imwatermark import WatermarkDecoder, WatermarkEncoder  # MIT; pulls torch through its rivaGan module
+
+    return WatermarkEncoder, WatermarkDecoder
