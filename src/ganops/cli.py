@@ -1,7 +1,9 @@
 """The `ganops` command. Each subcommand is a thin edge: parse, call one function, report, pick an exit code.
 
-Exit codes: 0 done (or stopped cleanly by SIGTERM after a checkpoint), 2 the job file or an argument is wrong,
-3 the job cannot start (data, credentials, storage), 1 anything unexpected.
+Exit codes: 0 done (or stopped cleanly by SIGTERM after a checkpoint; `promote`: promoted), 2 the job file or an
+argument is wrong, 3 the job cannot start (data, credentials, storage; `promote`: no readable checkpoint, or MLflow
+unavailable or refusing), 4 `promote` only: the gates rejected the checkpoint (it is registered, the alias did not
+move), 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train GANs, 
 
 EXIT_INVALID = 2
 EXIT_CANNOT_START = 3
+EXIT_REJECTED = 4
 
 
 def _fail(lines: list[str], code: int) -> NoReturn:
@@ -73,15 +76,17 @@ def train(
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Log lines instead of a progress bar.")] = False,
 ) -> None:
     """Train as a pod does: resume from the latest checkpoint, checkpoint on SIGTERM and exit 0."""
-    from ganops.trainer.run import TrainerCannotStart, train_job
+    from ganops.trainer.run import TrainerCannotStart, train_session
 
     _setup_logging()
     parsed = _load(job)
     try:
-        result = train_job(parsed, work_dir=work_dir, progress=not no_progress)
+        session = train_session(parsed, work_dir=work_dir, progress=not no_progress)
     except TrainerCannotStart as exc:
         _fail([str(exc)], EXIT_CANNOT_START)
-    typer.echo(f"{result.status} at step {result.step}")
+    if session.tracking_report:
+        typer.echo(f"warning: {session.tracking_report}", err=True)
+    typer.echo(f"{session.result.status} at step {session.result.step}")
 
 
 @app.command()
@@ -89,7 +94,8 @@ def run(
     job_file: Annotated[Path, typer.Argument(help="The same job file a user would kubectl apply.")],
     home: Annotated[Path, typer.Option(help="Local state: checkpoints, tracking, samples.")] = Path(".ganops"),
 ) -> None:
-    """Train locally on embedded defaults (checkpoints under .ganops/), resuming if re-run; write a sample grid."""
+    """Train locally on embedded defaults (checkpoints and an MLflow sqlite store under .ganops/), resuming if
+    re-run; promote when spec.promotion.auto is set (a rejection is reported, not an error); write a sample grid."""
     from ganops.trainer.run import TrainerCannotStart, run_local
 
     _setup_logging()
@@ -100,6 +106,54 @@ def run(
         _fail([str(exc)], EXIT_CANNOT_START)
     for line in summary:
         typer.echo(line)
+
+
+@app.command()
+def promote(
+    job_file: Annotated[Path, typer.Argument(help="The job whose checkpoints to judge.")],
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="The job's checkpoint root (its best step is chosen) or one step folder. "
+        "Default: where `ganops run` / `ganops train` put it.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="MLflow. Default: spec.tracking.mlflowUri, MLFLOW_TRACKING_URI, else the local "
+        "sqlite store under --home.")] = None,
+    home: Annotated[Path, typer.Option(help="Local state of `ganops run`.")] = Path(".ganops"),
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the promotion sample grid here.")] = None,
+) -> None:
+    """Apply spec.promotion.gates to the job's best checkpoint, register it as a model version and move
+    spec.promotion.alias when the gates pass. Exit 0 promoted, 4 rejected, 3 nothing to promote or MLflow down."""
+    from ganops import storage, tracking
+    from ganops.promotion import PromotionError
+    from ganops.promotion import promote as promote_checkpoint
+    from ganops.trainer.checkpoint import job_root
+    from ganops.trainer.loop import DEFAULT_CHECKPOINT_URI
+    from ganops.trainer.run import local_artifact_root, local_tracking_uri, tracking_uri_for
+
+    _setup_logging()
+    parsed = _load(job_file)
+    namespace = os.environ.get("GANOPS_NAMESPACE") or parsed.metadata.namespace or "default"
+    name = os.environ.get("GANOPS_JOB_NAME") or parsed.metadata.name
+    if checkpoint is None:
+        base = (parsed.spec.checkpoint.uri or os.environ.get("GANOPS_CHECKPOINT_URI")
+                or (f"file://{home.resolve() / 'checkpoints'}" if home.exists() else DEFAULT_CHECKPOINT_URI))
+        checkpoint = job_root(base, namespace, name)
+    uri = tracking_uri_for(parsed, tracking_uri)
+    artifact_root = None
+    if uri is None:
+        uri, artifact_root = local_tracking_uri(home), local_artifact_root(home)
+    try:
+        result = promote_checkpoint(parsed, checkpoint, uri, namespace=namespace, job=name,
+                                    artifact_root=artifact_root)
+    except (PromotionError, tracking.TrackingError, storage.StorageError) as exc:
+        _fail([str(exc)], EXIT_CANNOT_START)
+    for line in result.lines():
+        typer.echo(line)
+    if output is not None and result.samples_png is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_bytes(result.samples_png)
+        typer.echo(f"samples:    {output}")
+    if not result.promoted:
+        raise typer.Exit(EXIT_REJECTED)
 
 
 @app.command()

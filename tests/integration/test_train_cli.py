@@ -170,3 +170,19 @@ def test_train_and_generate_against_s3(moto_s3: MotoS3Server, tmp_path: Path) ->
 def test_generate_rejects_unknown_output_format(suffix: str, tmp_path: Path) -> None:
     result = ganops("generate", "--checkpoint", f"file://{tmp_path}", "-o", str(tmp_path / f"x{suffix}"))
     assert result.returncode == 2 and "--output must end in .png or .npy" in result.stderr
+
+
+def test_missing_s3_credentials_fail_before_training(moto_s3: MotoS3Server, tmp_path: Path) -> None:
+    bucket = moto_s3.create_bucket()
+    job = grid_job(checkpoint={"uri": f"s3://{bucket}/ckpt"})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL_S3=moto_s3.endpoint_url, AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    result = subprocess.run(
+        [str(BIN / "ganops"), "train", "--job", str(write_job(job, tmp_path / "j.yaml")),
+         "--work-dir", str(tmp_path / "w"), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "AWS_ACCESS_KEY_ID" in result.stderr and "Traceback" not in result.stderr
+    assert '"event": "progress"' not in result.stderr

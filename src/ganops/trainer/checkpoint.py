@@ -83,6 +83,13 @@ class CheckpointManager:
         self.keep_best = keep_best
         self.staging = staging
 
+    def preflight(self) -> None:
+        """Prove the store takes our writes before any GPU time is spent: missing credentials, a missing bucket
+        or a read-only prefix fail here with the store's message, not at the first checkpoint."""
+        probe = storage.join(self.root, ".ganops-write-probe")
+        self.store.put_bytes(probe, b"ok")
+        self.store.delete(probe)
+
     # ----------------------------------------------------------------- save
 
     def save(

@@ -3,6 +3,11 @@
 Everything a step depends on (weights, EMA, optimizers, scalers, every RNG, the data position, accrued cost)
 goes into the checkpoint, so a run killed at step N and resumed reaches step 2N with the same weights, bit for
 bit, as one that never stopped (in deterministic mode on CPU).
+
+Per log step the trainer also checks its health (`ganops.trainer.health`: divergence → `rollback`, a diversity
+probe, discriminator accuracy); every ``evaluation.everySteps`` and at the last step it evaluates the EMA generator
+(`ganops.trainer.evaluator`) before the checkpoint of that step, which then carries the promotion metric.
+Hook moments: "start", "log", "evaluated", "health" (one per event), "before_checkpoint", "end".
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import signal
 import time
@@ -28,11 +34,31 @@ from ganops.trainer import distributed as dist_utils
 from ganops.trainer.checkpoint import Checkpoint, CheckpointError, CheckpointManager, job_root
 from ganops.trainer.data import DataStream, load_dataset, make_stream
 from ganops.trainer.ema import EMA
+from ganops.trainer.evaluate.report import EvaluationReport
+from ganops.trainer.evaluator import Evaluator, promotion_metric
+from ganops.trainer.health import (
+    DIVERGED,
+    ROLLBACK,
+    CollapseDetector,
+    DiscriminatorOverpoweringDetector,
+    DivergenceGuard,
+    DiversityProbe,
+    HealthRecord,
+    TrainingDiverged,
+    decision_threshold,
+    discriminator_accuracy,
+    health_event,
+)
 from ganops.trainer.losses import discriminator_step_loss, generator_step_loss
 from ganops.trainer.models import build_models, sample_latent
 from ganops.trainer.progress import Progress, event
 
 DEFAULT_CHECKPOINT_URI = "file://.ganops/checkpoints"
+PROBE_POINTS = 512  # diversity probe size for 2-D data
+PROBE_IMAGES = 128  # … and for images
+
+__all__ = ["DEFAULT_CHECKPOINT_URI", "RunContext", "StopSignal", "TrainResult", "Trainer", "TrainingDiverged",
+           "generate", "spec_hash"]
 
 
 @dataclass
@@ -133,6 +159,25 @@ class Trainer:
         self.last_values: dict[str, torch.Tensor] = {}
         self.hooks: list[Callable[[Trainer, str], None]] = []
         self.extra_state: dict[str, Any] = {}
+        # Evaluation and health run on rank 0 only; the extractor's weights are loaded here, so bad ones fail now.
+        main = ctx.dist.is_main
+        self.evaluator = Evaluator(spec, self.dataset, reference_root=ctx.checkpoint_uri, device=self.device) \
+            if main else None
+        self.last_evaluation: EvaluationReport | None = None
+        self.health = HealthRecord()
+        self.health_events: list[dict[str, Any]] = []  # this attempt's events; the "health" moment fires per event
+        self.health_state: dict[str, Any] = {"diversity": None, "d_accuracy": None, "collapse_suspected": False,
+                                             "d_overpowering": False, "rollbacks": 0}
+        self.divergence = DivergenceGuard()
+        self.collapse = CollapseDetector()
+        self.d_overpowering = DiscriminatorOverpoweringDetector()
+        self.d_threshold = decision_threshold(spec.loss.type, spec.loss.label_smoothing)
+        self.diversity_probe: DiversityProbe | None = None
+        if main:
+            n = PROBE_POINTS if self.dataset.is_points else PROBE_IMAGES
+            real = self.dataset.sample(n, torch.Generator(device="cpu").manual_seed(spec.training.seed)).x
+            self.diversity_probe = DiversityProbe(real, spec.model.latent_dim, spec.model.num_classes,
+                                                  device=self.device)
 
     # ----------------------------------------------------------------- state
 
@@ -182,6 +227,8 @@ class Trainer:
         self.step = int(state["step"])
         self.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
         self.extra_state = dict(state.get("extra", {}))
+        self.health = HealthRecord.from_state(self.extra_state.get("health"))
+        self.health_state["rollbacks"] = self.health.rollbacks
 
     def save_checkpoint(self, *, metric: float | None = None, info: dict[str, Any] | None = None) -> dict[str, Any]:
         weights, train_state = self.state_for_checkpoint()
@@ -217,6 +264,7 @@ class Trainer:
         spec = self.spec
         fake: torch.Tensor | None = None
         y_fake: torch.Tensor | None = None
+        d_real = d_fake = torch.zeros(())
         for _ in range(spec.optimizer.critic_steps):
             real, y_real = self.stream.next_batch()
             real = real.to(self.device, non_blocking=True)
@@ -255,6 +303,8 @@ class Trainer:
         self.ema.update(self.g, self.step)
         if measure:
             self.last_values.update({"loss_d": loss_d.detach(), "loss_g": loss_g.detach()})
+            if self.d_threshold is not None:
+                self.last_values["d_accuracy"] = discriminator_accuracy(d_real, d_fake, self.d_threshold)
             self.last_values.update({k: v.detach() for k, v in {**parts_d, **parts_g}.items()})
 
     # ----------------------------------------------------------------- the run
@@ -299,7 +349,21 @@ class Trainer:
                     rate = progress.update(self.step, images, values)
                     images = 0
                     self.extra_state["last_values"] = values
+                    reason = self.divergence.check(values)
+                    if dist_utils.any_rank(ctx.dist, reason is not None):
+                        saved_at = self.rollback(reason or "diverged on another rank")
+                        continue
+                    self._observe_health(values)
                     self._fire("log")
+                evaluate_now = bool(spec.evaluation.metrics) and (
+                    self.step % spec.evaluation.every_steps == 0 or self.step == total)
+                # Never evaluate or save a poisoned state: NaN/inf weights roll back like a diverged loss.
+                if (evaluate_now or self.step % ckpt_every == 0 or self.step == total) and dist_utils.any_rank(
+                        ctx.dist, not self._weights_finite()):
+                    saved_at = self.rollback("non-finite weights")
+                    continue
+                if evaluate_now:
+                    self.evaluate()
                 if self.step % ckpt_every == 0 and self.step < total:
                     self.elapsed_seconds += time.perf_counter() - started
                     started = time.perf_counter()
@@ -321,9 +385,12 @@ class Trainer:
     def _checkpoint(self) -> dict[str, Any] | None:
         record: dict[str, Any] | None = None
         if self.ctx.dist.is_main:
+            # The promotion metric belongs to this checkpoint only if it was evaluated at this very step.
+            fresh = self.extra_state.get("evaluation", {}).get("step") == self.step
             try:
                 record = self.save_checkpoint(
-                    metric=self.extra_state.get("metric"), info=self.extra_state.get("checkpoint_info"),
+                    metric=self.extra_state.get("metric") if fresh else None,
+                    info=self.extra_state.get("checkpoint_info"),
                 )
             except CheckpointError as exc:
                 event("checkpoint_failed", step=self.step, error=str(exc))
@@ -333,6 +400,103 @@ class Trainer:
     def _fire(self, moment: str) -> None:
         for hook in self.hooks:
             hook(self, moment)
+
+    # ----------------------------------------------------------------- evaluation and health
+
+    def evaluate(self) -> EvaluationReport | None:
+        """Evaluate the EMA generator now (rank 0; None elsewhere, when disabled or when evaluation failed).
+
+        Sets `last_evaluation`, ``extra_state["metric"]`` (the promotion metric, lower is better) and the
+        ``metrics`` of ``extra_state["checkpoint_info"]``, then fires the "evaluated" moment. An error is logged
+        (``evaluation_failed``) and training goes on.
+        """
+        if self.evaluator is None or not self.evaluator.enabled:
+            return None
+        try:
+            report = self.evaluator.evaluate(self.ema.ema_model, self.step)
+        except Exception as exc:  # evaluation must never kill training
+            event("evaluation_failed", step=self.step, error=f"{type(exc).__name__}: {exc}")
+            return None
+        metric = promotion_metric(report, num_modes=self.evaluator.num_modes)
+        self.last_evaluation = report
+        self.extra_state["metric"] = metric
+        self.extra_state["evaluation"] = {"step": self.step}
+        info = self.extra_state.setdefault("checkpoint_info", {})
+        info["metrics"] = report.numeric()
+        info["evaluation"] = {"step": self.step, "extractor": report.extractor, "numReal": report.num_real,
+                              "numFake": report.num_fake, "promotionMetric": metric}
+        event("evaluated", step=self.step, metric=metric, metrics=report.metrics,
+              seconds=report.details["seconds"]["total"])
+        self._fire("evaluated")
+        return report
+
+    def _weights_finite(self) -> bool:
+        flags = [torch.isfinite(p).all() for m in (self.g, self.d) for p in m.parameters()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    def _observe_health(self, values: dict[str, float]) -> None:
+        """Feed the detectors at a log moment (rank 0); update `health_state`; emit events."""
+        if self.diversity_probe is None:
+            return
+        ratio = self.diversity_probe(self.g)
+        accuracy = values.get("d_accuracy")
+        found = [self.collapse.observe(self.step, ratio), self.d_overpowering.observe(self.step, accuracy)]
+        self.health_state = {
+            "diversity": ratio if math.isfinite(ratio) else None,
+            "d_accuracy": accuracy,
+            "collapse_suspected": self.collapse.suspected,
+            "d_overpowering": self.d_overpowering.overpowering,
+            "rollbacks": self.health.rollbacks,
+        }
+        for ev in found:
+            if ev is not None:
+                self._health_event(ev)
+
+    def _health_event(self, ev: dict[str, Any]) -> None:
+        self.health_events.append(ev)
+        self.health.add(ev)
+        self._record_health()
+        event("health", **ev)
+        self._fire("health")
+
+    def _record_health(self) -> None:
+        self.extra_state["health"] = self.health.to_state()
+        self.extra_state.setdefault("checkpoint_info", {})["health"] = self.health.checkpoint_info()
+        self.health_state["rollbacks"] = self.health.rollbacks
+
+    def rollback(self, reason: str) -> int:
+        """Restore the latest checkpoint and halve both learning rates; returns the step rolled back to.
+
+        Raises `TrainingDiverged` (after a ``Diverged`` event) when ``divergence.max_rollbacks`` are used up or
+        there is no checkpoint. The rollback count, the learning-rate scale and the wall time (cost) survive the
+        restore; the count and scale also go into the train state, so a resumed attempt keeps them.
+        """
+        at = self.step
+        limit = self.divergence.max_rollbacks
+        ckpt = self.manager.load_latest() if self.health.rollbacks < limit else None
+        if ckpt is None:
+            why = (f"after {self.health.rollbacks} rollbacks (the limit)" if self.health.rollbacks >= limit
+                   else "and there is no checkpoint to roll back to")
+            message = f"training diverged at step {at} ({reason}) {why}"
+            self._health_event(health_event(DIVERGED, at, message))
+            raise TrainingDiverged(message)
+        record, elapsed = self.health, self.elapsed_seconds
+        self.restore(ckpt)
+        self.health, self.elapsed_seconds = record, elapsed
+        record.rollbacks += 1
+        record.lr_scale *= 0.5
+        opt = self.spec.optimizer
+        for optimizer, base in ((self.opt_g, opt.lr_generator), (self.opt_d, opt.lr_discriminator)):
+            for group in optimizer.param_groups:
+                group["lr"] = base * record.lr_scale
+        self.collapse = CollapseDetector()
+        self.d_overpowering = DiscriminatorOverpoweringDetector()
+        self._health_event(health_event(
+            ROLLBACK, at,
+            f"{reason} at step {at}: restored the checkpoint of step {ckpt.step} and scaled both learning rates "
+            f"to {record.lr_scale:g}× the spec's (rollback {record.rollbacks} of {limit})",
+        ))
+        return self.step
 
     # ----------------------------------------------------------------- sampling
 
