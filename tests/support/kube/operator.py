@@ -258,10 +258,12 @@ class KopfProcess:
         namespaces: Sequence[str] = (),
         startup_timeout: float = 30.0,
         stop_timeout: float = 20.0,
+        verbose: bool = True,
     ) -> None:
         self.kube = kube
         self.modules = tuple(modules)
         self.namespaces = tuple(namespaces)
+        self.verbose = verbose  # False: kopf's default (warnings and errors only), e.g. for load tests
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.starts = 0
@@ -291,7 +293,8 @@ class KopfProcess:
         liveness = f"http://127.0.0.1:{port}/healthz"
         scope = [arg for ns in self.namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
         modules = [arg for module in self.modules for arg in ("-m", module)]
-        command = [sys.executable, "-m", "kopf", "run", "--standalone", "--verbose", "--liveness", liveness]
+        command = [sys.executable, "-m", "kopf", "run", "--standalone", *(["--verbose"] if self.verbose else []),
+                   "--liveness", liveness]
         process_env = {key: value for key, value in os.environ.items() if key != "KUBERNETES_SERVICE_HOST"}
         process_env.update(
             KUBECONFIG=str(self.kube.kubeconfig_path),

@@ -1,0 +1,108 @@
+"""Cost accrual and the budget guard (pure functions).
+
+Cost accrues from what the operator observes - GPUs per replica × price × each pod's running time - and from the
+trainer's own figures in latest.json; the larger of the two counts (neither can double-count the other), and the
+figure never goes down. The per-pod running times of the current attempt are kept in `status.accounting` so that
+a pod that disappears (deleted, evicted) keeps what it cost; they are banked when the next attempt starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ganops.api.spec import GanTrainingJobSpec
+from ganops.cost import CostFigures, budget_fraction, price_per_gpu_hour
+from ganops.operator.observe import PodView, Record
+
+
+@dataclass(frozen=True)
+class Accounting:
+    attempt: int = 0
+    banked_gpu_seconds: float = 0.0
+    pods: Mapping[str, float] = field(default_factory=dict)  # GPU-seconds of each pod of `attempt`
+
+    @property
+    def gpu_seconds(self) -> float:
+        return self.banked_gpu_seconds + sum(self.pods.values())
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> Accounting:
+        if not isinstance(raw, Mapping):
+            return cls()
+        pods_raw = raw.get("pods")
+        pods = {str(k): float(v) for k, v in pods_raw.items() if isinstance(v, int | float)} if isinstance(
+            pods_raw, Mapping) else {}
+        try:
+            return cls(int(raw.get("attempt", 0)), float(raw.get("bankedGpuSeconds", 0.0)), pods)
+        except (TypeError, ValueError):
+            return cls()
+
+    def as_wire(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "bankedGpuSeconds": round(self.banked_gpu_seconds, 3),
+            "pods": {name: round(seconds, 3) for name, seconds in sorted(self.pods.items())},
+        }
+
+
+def accrue(
+    accounting: Accounting, attempt: int, pods: Sequence[PodView], gpus_per_replica: int, now: dt.datetime
+) -> Accounting:
+    """Fold the running time of `attempt`'s pods in; a new attempt banks the previous one's pods first."""
+    banked = accounting.banked_gpu_seconds
+    per_pod = dict(accounting.pods)
+    if attempt != accounting.attempt:
+        banked += sum(per_pod.values())
+        per_pod = {}
+    for pod in pods:
+        if pod.attempt != attempt:
+            continue
+        seconds = pod.run_seconds(now) * gpus_per_replica
+        if seconds > 0 or pod.name in per_pod:  # no entry for what costs nothing (CPU jobs, pending pods)
+            per_pod[pod.name] = max(per_pod.get(pod.name, 0.0), seconds)
+    return Accounting(attempt, banked, per_pod)
+
+
+def figures(
+    spec: GanTrainingJobSpec,
+    accounting: Accounting,
+    record: Record | None,
+    previous: Mapping[str, Any] | None = None,
+    table: dict[str, float] | None = None,
+) -> CostFigures:
+    """The job's cost: max(observed, the trainer's latest.json, what status already said)."""
+    gpu_hours = accounting.gpu_seconds / 3600.0
+    usd = gpu_hours * price_per_gpu_hour(spec, table)
+    if record is not None:
+        gpu_hours = max(gpu_hours, record.cost_gpu_hours or 0.0)
+        usd = max(usd, record.cost_usd or 0.0)
+    if previous:
+        gpu_hours = max(gpu_hours, float(previous.get("gpuHours") or 0.0))
+        usd = max(usd, float(previous.get("usd") or 0.0))
+    return CostFigures(gpu_hours=gpu_hours, usd=usd)
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    fraction: float | None  # None: the job has no budget
+    warn: bool
+    exceeded: bool
+
+    def describe(self, spec: GanTrainingJobSpec, cost: CostFigures) -> str:
+        limits = []
+        if spec.budget.max_cost_usd is not None:
+            limits.append(f"${cost.usd:.2f} of ${spec.budget.max_cost_usd:.2f}")
+        if spec.budget.max_gpu_hours is not None:
+            limits.append(f"{cost.gpu_hours:.3f} of {spec.budget.max_gpu_hours:g} GPU-hours")
+        share = f"{100 * self.fraction:.0f}%" if self.fraction is not None else "no budget"
+        return f"{share} of the budget spent ({', '.join(limits)})"
+
+
+def verdict(spec: GanTrainingJobSpec, cost: CostFigures, warning_fraction: float = 0.8) -> BudgetVerdict:
+    fraction = budget_fraction(spec, cost)
+    if fraction is None:
+        return BudgetVerdict(None, False, False)
+    return BudgetVerdict(fraction, fraction >= warning_fraction, fraction >= 1.0)

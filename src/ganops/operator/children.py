@@ -1,0 +1,402 @@
+"""The children of a GanTrainingJob, as pure functions from (owner, spec, operator config, attempt) to manifests.
+
+- ConfigMap `<job>-spec`: the job file (`ganops.api.loader.dump_job`), mounted at /etc/ganops/job.yaml.
+- Service `<job>` (replicas > 1): headless, so replica 0 is reachable as `<job>-0.<job>` for torchrun's rendezvous.
+- Job `<job>` (batch/v1, Indexed, one pod per replica): each attempt replaces the previous one under the same name,
+  so the API server itself guarantees there is never more than one live Job per GanTrainingJob. The attempt number
+  and the restart counters at launch are on the Job (label `ganops.io/attempt`, annotation `ganops.io/restarts`).
+
+Every child is owned by the GanTrainingJob (`kopf.adopt`) and labelled `app.kubernetes.io/*` + `ganops.io/job`.
+Credentials only ever appear as Secret references (`envFrom.secretRef`), never as values.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from ganops.api.loader import dump_job
+from ganops.api.spec import API_GROUP, API_VERSION, KIND, GanTrainingJob, GanTrainingJobSpec, ObjectMeta
+from ganops.operator.observe import ANNOTATION_RESTARTS, COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT, LABEL_JOB
+from ganops.operator.settings import OperatorConfig
+
+JOB_FILE_DIR = "/etc/ganops"
+JOB_FILE_KEY = "job.yaml"
+JOB_FILE_PATH = f"{JOB_FILE_DIR}/{JOB_FILE_KEY}"
+CONTAINER = "trainer"
+RUN_AS_USER = 1000
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+MAX_HOSTNAME = 63
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The GanTrainingJob the children belong to (what `kopf.adopt` needs)."""
+
+    name: str
+    namespace: str
+    uid: str
+    labels: Mapping[str, str] | None = None
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "labels": dict(self.labels or {}),
+            },
+        }
+
+
+def configmap_name(job: str) -> str:
+    return f"{job}-spec"
+
+
+def service_name(job: str) -> str:
+    return job
+
+
+def job_name(job: str) -> str:
+    return job
+
+
+def labels(job: str, component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "ganops",
+        "app.kubernetes.io/instance": job,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "ganops",
+        "app.kubernetes.io/managed-by": "ganops-operator",
+        LABEL_JOB: job,
+    }
+
+
+def naming_problems(name: str, spec: GanTrainingJobSpec) -> list[str]:
+    """Constraints that come from Kubernetes naming rather than from the spec itself (one line each)."""
+    problems = []
+    replicas = spec.resources.replicas
+    if replicas > 1:
+        if not name[0].isalpha():
+            problems.append("metadata.name must start with a letter when resources.replicas > 1: it names the "
+                            "headless Service that the replicas rendezvous through")
+        longest = f"{name}-{replicas - 1}"
+        if len(longest) > MAX_HOSTNAME:
+            problems.append(f"metadata.name is too long for {replicas} replicas: the pod hostname {longest!r} "
+                            f"must be at most {MAX_HOSTNAME} characters")
+    if len(configmap_name(name)) > 253:  # pragma: no cover - names are at most 63 characters
+        problems.append("metadata.name is too long")
+    return problems
+
+
+def _adopt(obj: dict[str, Any], owner: Owner, nested: str | None = None) -> dict[str, Any]:
+    kopf.adopt(obj, owner=owner.body(), nested=nested)  # type: ignore[arg-type]
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ ConfigMap
+
+
+def job_file(owner: Owner, spec: GanTrainingJobSpec) -> str:
+    return dump_job(GanTrainingJob(metadata=ObjectMeta(name=owner.name, namespace=owner.namespace), spec=spec))
+
+
+def configmap(owner: Owner, spec: GanTrainingJobSpec) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": configmap_name(owner.name), "labels": labels(owner.name, "job-file")},
+        "data": {JOB_FILE_KEY: job_file(owner, spec)},
+    }
+    return _adopt(obj, owner)
+
+
+# ------------------------------------------------------------------------------------------------ Service
+
+
+def service(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> dict[str, Any] | None:
+    """The headless Service of a multi-replica job (None for a single replica)."""
+    if spec.resources.replicas <= 1:
+        return None
+    obj: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": service_name(owner.name), "labels": labels(owner.name, "rendezvous")},
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,  # replicas rendezvous before any of them is "ready"
+            "selector": {LABEL_JOB: owner.name},
+            "ports": [{"name": "rendezvous", "port": config.rendezvous_port, "targetPort": config.rendezvous_port,
+                       "protocol": "TCP"}],
+        },
+    }
+    return _adopt(obj, owner)
+
+
+# ------------------------------------------------------------------------------------------------ Job
+
+
+def trainer_command(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig, attempt: int) -> list[str]:
+    replicas = spec.resources.replicas
+    procs = max(1, spec.resources.gpus_per_replica)
+    train = ["train", "--job", JOB_FILE_PATH, "--no-progress"]
+    if replicas == 1 and procs == 1:
+        return ["ganops", *train]
+    launcher = ["torchrun", f"--nproc-per-node={procs}", "--max-restarts=0"]
+    if replicas == 1:
+        return [*launcher, "--standalone", "--nnodes=1", "-m", "ganops.cli", *train]
+    return [
+        *launcher,
+        f"--nnodes={replicas}",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        "--rdzv-backend=static",
+        "--rdzv-endpoint=$(MASTER_ADDR):$(MASTER_PORT)",
+        f"--rdzv-id={owner.name}-a{attempt}",
+        "-m",
+        "ganops.cli",
+        *train,
+    ]
+
+
+def checkpoint_uri(spec: GanTrainingJobSpec, config: OperatorConfig) -> str | None:
+    return spec.checkpoint.uri or config.checkpoint_uri
+
+
+def _env(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "GANOPS_NAMESPACE", "value": owner.namespace},
+        {"name": "GANOPS_JOB_NAME", "value": owner.name},
+        {"name": "GANOPS_METRICS_PORT", "value": str(config.trainer_metrics_port)},
+        {"name": "GANOPS_WORK_DIR", "value": "/tmp/ganops"},
+        {"name": "HOME", "value": "/tmp/home"},
+        {"name": "XDG_CACHE_HOME", "value": "/cache"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/torchinductor"},
+        {"name": "TRITON_CACHE_DIR", "value": "/cache/triton"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {
+            "name": "JOB_COMPLETION_INDEX",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+    ]
+    uri = checkpoint_uri(spec, config)
+    if uri:
+        env.append({"name": "GANOPS_CHECKPOINT_URI", "value": uri})
+    if config.s3_endpoint_url:
+        env.append({"name": "GANOPS_S3_ENDPOINT_URL", "value": config.s3_endpoint_url})
+    if config.mlflow_uri and not spec.tracking.mlflow_uri:
+        env.append({"name": "MLFLOW_TRACKING_URI", "value": config.mlflow_uri})
+    if spec.resources.replicas > 1:
+        env += [
+            {"name": "MASTER_ADDR", "value": f"{job_name(owner.name)}-0.{service_name(owner.name)}"},
+            {"name": "MASTER_PORT", "value": str(config.rendezvous_port)},
+        ]
+    return env
+
+
+def _env_from(config: OperatorConfig) -> list[dict[str, Any]]:
+    """Credentials by reference only: the kubelet reads these Secrets, the operator never does."""
+    return [
+        {"secretRef": {"name": secret, "optional": False}}
+        for secret in (config.s3_secret, config.mlflow_secret)
+        if secret
+    ]
+
+
+def _resources(spec: GanTrainingJobSpec) -> dict[str, Any]:
+    res = spec.resources
+    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
+    limits: dict[str, str] = {"memory": res.memory}
+    if res.gpus_per_replica > 0:
+        requests[GPU_RESOURCE] = str(res.gpus_per_replica)
+        limits[GPU_RESOURCE] = str(res.gpus_per_replica)  # extended resources: limits must equal requests
+    return {"requests": requests, "limits": limits}
+
+
+def _scheduling(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> dict[str, Any]:
+    res = spec.resources
+    out: dict[str, Any] = {}
+    node_selector = dict(res.node_selector)
+    if res.gpu_type and config.gpu_type_label:
+        node_selector.setdefault(config.gpu_type_label, res.gpu_type)
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in res.tolerations]
+    if res.gpus_per_replica > 0:
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    affinity: dict[str, Any] = {}
+    if res.spot:
+        if config.spot_toleration is not None:
+            tolerations.append(config.spot_toleration.as_wire())
+        if config.spot_node_label is not None:
+            key, value = config.spot_node_label
+            affinity["nodeAffinity"] = {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [{"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]}]
+                }
+            }
+    if res.replicas > 1:  # one replica per node: spreading is what replicas are for
+        affinity["podAntiAffinity"] = {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": 100,
+                    "podAffinityTerm": {
+                        "topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {LABEL_JOB: owner.name}},
+                    },
+                }
+            ]
+        }
+    if node_selector:
+        out["nodeSelector"] = node_selector
+    if tolerations:
+        out["tolerations"] = tolerations
+    if affinity:
+        out["affinity"] = affinity
+    if res.priority_class_name:
+        out["priorityClassName"] = res.priority_class_name
+    return out
+
+
+def _volumes(owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = [
+        {"name": "job-file", "configMap": {"name": configmap_name(owner.name),
+                                           "items": [{"key": JOB_FILE_KEY, "path": JOB_FILE_KEY}]}},
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},  # dataloader workers, NCCL
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "job-file", "mountPath": JOB_FILE_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": "/cache"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    return volumes, mounts
+
+
+def restricted_pod_security() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": RUN_AS_USER,
+        "fsGroup": RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restricted_container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def restarts_annotation(restarts: Mapping[str, int]) -> str:
+    return json.dumps({"preemptions": int(restarts.get("preemptions", 0)),
+                       "failures": int(restarts.get("failures", 0))}, sort_keys=True)
+
+
+def training_job(
+    owner: Owner,
+    spec: GanTrainingJobSpec,
+    config: OperatorConfig,
+    *,
+    attempt: int,
+    restarts: Mapping[str, int] | None = None,
+    resume_from: str | None = None,
+) -> dict[str, Any]:
+    """The Indexed batch/v1 Job of one attempt: completions = parallelism = replicas, one pod per replica.
+
+    `backoffLimit: 0` and a podFailurePolicy that fails the Job on any pod failure: the Job never retries by
+    itself, the operator does (a preemption is free, an application failure spends `runPolicy.backoffLimit`).
+    """
+    replicas = spec.resources.replicas
+    job_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    pod_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
+    annotations = {ANNOTATION_RESTARTS: restarts_annotation(restarts or {})}
+    if resume_from:
+        annotations["ganops.io/resume-from"] = resume_from
+    volumes, mounts = _volumes(owner)
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": spec.resources.image or config.image,
+        "command": trainer_command(owner, spec, config, attempt),
+        "env": _env(owner, spec, config),
+        "resources": _resources(spec),
+        "ports": [{"name": "metrics", "containerPort": config.trainer_metrics_port, "protocol": "TCP"}],
+        "volumeMounts": mounts,
+        "securityContext": restricted_container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if replicas > 1:
+        container["ports"].append(
+            {"name": "rendezvous", "containerPort": config.rendezvous_port, "protocol": "TCP"}
+        )
+    env_from = _env_from(config)
+    if env_from:
+        container["envFrom"] = env_from
+    if config.image_pull_policy:
+        container["imagePullPolicy"] = config.image_pull_policy
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": config.termination_grace_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": restricted_pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        **_scheduling(owner, spec, config),
+    }
+    if replicas > 1:
+        pod_spec["subdomain"] = service_name(owner.name)
+    if config.trainer_service_account:
+        pod_spec["serviceAccountName"] = config.trainer_service_account
+    obj: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(owner.name), "labels": job_labels, "annotations": annotations},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": replicas,
+            "parallelism": replicas,
+            "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+                    {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "NotIn",
+                                                          "values": [0]}},
+                ]
+            },
+            "suspend": bool(spec.queue_name),  # Kueue admits a queued Job by un-suspending it
+            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        },
+    }
+    return _adopt(obj, owner, nested="spec.template")
+
+
+def render(
+    owner: Owner,
+    spec: GanTrainingJobSpec,
+    config: OperatorConfig,
+    *,
+    attempt: int,
+    restarts: Mapping[str, int] | None = None,
+    resume_from: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every child of one attempt, in creation order (the Job last: its pods mount the ConfigMap)."""
+    children = [configmap(owner, spec)]
+    svc = service(owner, spec, config)
+    if svc is not None:
+        children.append(svc)
+    children.append(training_job(owner, spec, config, attempt=attempt, restarts=restarts, resume_from=resume_from))
+    return children

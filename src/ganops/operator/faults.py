@@ -1,0 +1,140 @@
+"""What happened to an attempt, and what to do about it (pure functions).
+
+A pod *disrupted* by the platform - preempted, evicted, its node lost or shut down, or SIGTERMed by the node - is
+relaunched for free: the trainer saved a checkpoint on SIGTERM and the next attempt resumes from it. A pod that
+*failed* on its own (non-zero exit, no disruption) spends one unit of `spec.runPolicy.backoffLimit`, like Kubeflow's
+runPolicy. The trainer exits 0 when it is stopped by SIGTERM after its emergency checkpoint, so "every pod exited 0"
+only means success when latest.json says the last step was reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from ganops.operator.observe import JobView, PodView, Record
+
+# Reasons of the DisruptionTarget pod condition (Kubernetes ≥ 1.26) and of pod.status.reason for pods the
+# platform took away.
+DISRUPTION_CONDITION_REASONS = frozenset({
+    "PreemptionByScheduler",
+    "PreemptionByKubeScheduler",
+    "EvictionByEvictionAPI",
+    "DeletionByTaintManager",
+    "DeletionByPodGC",
+    "TerminationByKubelet",
+})
+DISRUPTION_POD_REASONS = frozenset({"Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
+                                    "UnexpectedAdmissionError"})
+SIGNAL_EXIT_CODES = frozenset({137, 143})  # SIGKILL after the grace period, SIGTERM not handled
+
+OutcomeKind = Literal["missing", "queued", "pending", "running", "succeeded", "disrupted", "failed"]
+
+
+@dataclass(frozen=True)
+class PodFate:
+    kind: Literal["pending", "running", "succeeded", "disrupted", "failed"]
+    reason: str = ""
+    exit_code: int | None = None
+
+
+def pod_fate(pod: PodView) -> PodFate:
+    """Classify one pod."""
+    if pod.disruption is not None:
+        return PodFate("disrupted", pod.disruption, pod.exit_code)
+    if pod.phase == "Failed":
+        if pod.reason in DISRUPTION_POD_REASONS:
+            return PodFate("disrupted", pod.reason, pod.exit_code)
+        if pod.exit_code in SIGNAL_EXIT_CODES and pod.terminated_reason != "OOMKilled":
+            return PodFate("disrupted", f"TerminatedBySignal(exit {pod.exit_code})", pod.exit_code)
+        reason = pod.terminated_reason or pod.reason or "Error"
+        return PodFate("failed", reason, pod.exit_code)
+    if pod.phase == "Succeeded":
+        return PodFate("succeeded", "Completed", pod.exit_code)
+    if pod.phase == "Running":
+        return PodFate("running")
+    if pod.phase == "Unknown":  # the node stopped reporting: the pod is as good as lost
+        return PodFate("disrupted", pod.reason or "NodeUnreachable")
+    return PodFate("pending")
+
+
+@dataclass(frozen=True)
+class AttemptOutcome:
+    kind: OutcomeKind
+    reason: str = ""
+    message: str = ""
+    exit_code: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.kind in ("succeeded", "disrupted", "failed")
+
+
+def attempt_outcome(
+    job: JobView | None,
+    pods: Sequence[PodView],
+    *,
+    replicas: int,
+    total_steps: int,
+    record: Record | None,
+) -> AttemptOutcome:
+    """The state of one attempt from its Job and pods (only the pods of that attempt)."""
+    if job is None:
+        return AttemptOutcome("missing")
+    fates = [(pod, pod_fate(pod)) for pod in sorted(pods, key=lambda p: (p.index, p.name))]
+    disrupted = [(pod, fate) for pod, fate in fates if fate.kind == "disrupted"]
+    if disrupted:
+        pod, fate = disrupted[0]
+        return AttemptOutcome("disrupted", fate.reason, f"pod {pod.name} was disrupted ({fate.reason})",
+                              fate.exit_code)
+    failed = [(pod, fate) for pod, fate in fates if fate.kind == "failed"]
+    if failed:
+        pod, fate = failed[0]
+        code = f"exit code {fate.exit_code}" if fate.exit_code is not None else "no exit code"
+        return AttemptOutcome("failed", fate.reason, f"pod {pod.name} failed ({fate.reason}, {code})",
+                              fate.exit_code)
+    if job.failed_reason is not None:
+        # The Job failed but its pods are gone (or not observed): trust the Job's own account.
+        text = f"{job.failed_reason} {job.failed_message}"
+        if "DisruptionTarget" in text or job.failed_reason in DISRUPTION_POD_REASONS:
+            return AttemptOutcome("disrupted", job.failed_reason, f"Job {job.name} failed: {job.failed_message}")
+        return AttemptOutcome("failed", job.failed_reason, f"Job {job.name} failed: {job.failed_message}".strip())
+    succeeded = sum(1 for _, fate in fates if fate.kind == "succeeded")
+    if job.complete or (replicas > 0 and (succeeded >= replicas or job.succeeded >= replicas)):
+        if record is not None and record.step < total_steps:
+            return AttemptOutcome(
+                "disrupted", "StoppedEarly",
+                f"every pod exited 0 but the last checkpoint is at step {record.step} of {total_steps} "
+                "(stopped by SIGTERM)",
+            )
+        return AttemptOutcome("succeeded", "Completed", "every replica finished")
+    if any(fate.kind == "running" for _, fate in fates):
+        return AttemptOutcome("running")
+    if job.suspended and not fates:
+        return AttemptOutcome("queued", "Suspended", f"Job {job.name} waits for admission")
+    return AttemptOutcome("pending")
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Literal["relaunch", "fail"]
+    preemptions: int
+    failures: int
+    reason: str
+    message: str
+
+
+def decide(outcome: AttemptOutcome, *, preemptions: int, failures: int, backoff_limit: int) -> Decision | None:
+    """What to do after a finished attempt that did not succeed; None when there is nothing to decide."""
+    if outcome.kind == "disrupted":
+        return Decision("relaunch", preemptions + 1, failures, "Preempted",
+                        f"{outcome.message}; relaunching from the latest checkpoint (backoff not spent)")
+    if outcome.kind == "failed":
+        spent = failures + 1
+        if spent > backoff_limit:
+            return Decision("fail", preemptions, spent, "BackoffLimitExceeded",
+                            f"{outcome.message}; {spent} application failure(s), backoffLimit is {backoff_limit}")
+        return Decision("relaunch", preemptions, spent, "Failed",
+                        f"{outcome.message}; retry {spent} of {backoff_limit}, resuming from the latest checkpoint")
+    return None

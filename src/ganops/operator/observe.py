@@ -1,0 +1,300 @@
+"""What the operator observes, as small immutable views: the child Job, its pods and the trainer's latest.json.
+
+The views are built from raw API objects (`job_view`, `pod_view`) in kopf's index handlers, so the reconcile logic
+never touches API bodies, and from the object store (`read_record`): `<checkpoint.uri>/<namespace>/<job>/latest.json`,
+written last by the trainer after a verified upload (see `ganops.trainer.checkpoint`; re-implemented here with
+`ganops.storage` so the operator never imports torch).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ganops import storage
+
+LABEL_JOB = "ganops.io/job"
+LABEL_ATTEMPT = "ganops.io/attempt"
+ANNOTATION_RESTARTS = "ganops.io/restarts"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+LATEST = "latest.json"
+
+
+# ------------------------------------------------------------------------------------------------ time
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """An RFC 3339 timestamp as Kubernetes writes it (``2024-01-02T03:04:05Z``), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def format_time(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+# ------------------------------------------------------------------------------------------------ pods
+
+
+@dataclass(frozen=True)
+class PodView:
+    """One trainer pod, reduced to what fault handling and cost accrual need."""
+
+    name: str
+    attempt: int
+    index: int
+    phase: str  # Pending, Running, Succeeded, Failed, Unknown
+    reason: str = ""  # pod.status.reason, e.g. Evicted, Preempting, NodeLost, Shutdown
+    message: str = ""
+    disruption: str | None = None  # reason of a True DisruptionTarget condition
+    exit_code: int | None = None  # of the trainer container, once terminated
+    terminated_reason: str = ""  # e.g. Error, OOMKilled, Completed
+    started: dt.datetime | None = None
+    finished: dt.datetime | None = None
+    deleting: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    def run_seconds(self, now: dt.datetime) -> float:
+        """How long this pod has been running (until it finished, or until now)."""
+        if self.started is None:
+            return 0.0
+        end = self.finished if self.finished is not None else (None if self.terminal else now)
+        if end is None:
+            return 0.0
+        return max(0.0, (end - self.started).total_seconds())
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    status = body.get("status") or {}
+    disruption = None
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            disruption = str(condition.get("reason") or "DisruptionTarget")
+    exit_code: int | None = None
+    terminated_reason = ""
+    started = None
+    finished = None
+    statuses = status.get("containerStatuses") or []
+    trainer = next((c for c in statuses if c.get("name") == "trainer"), statuses[0] if statuses else None)
+    if trainer is not None:
+        state = trainer.get("state") or {}
+        if "terminated" in state:
+            term = state["terminated"] or {}
+            exit_code = _int(term.get("exitCode"), 0)
+            terminated_reason = str(term.get("reason") or "")
+            started = parse_time(term.get("startedAt"))
+            finished = parse_time(term.get("finishedAt"))
+        elif "running" in state:
+            started = parse_time((state["running"] or {}).get("startedAt"))
+    if started is None and status.get("phase") in ("Running", "Succeeded", "Failed"):
+        started = parse_time(status.get("startTime"))
+    index = annotations.get(COMPLETION_INDEX_ANNOTATION, labels.get(COMPLETION_INDEX_ANNOTATION, "0"))
+    return PodView(
+        name=str(meta.get("name", "")),
+        attempt=_int(labels.get(LABEL_ATTEMPT), 0),
+        index=_int(index, 0),
+        phase=str(status.get("phase") or "Pending"),
+        reason=str(status.get("reason") or ""),
+        message=str(status.get("message") or ""),
+        disruption=disruption,
+        exit_code=exit_code,
+        terminated_reason=terminated_reason,
+        started=started,
+        finished=finished,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+@dataclass(frozen=True)
+class JobView:
+    """The batch/v1 Job of one attempt."""
+
+    name: str
+    attempt: int
+    uid: str | None = None
+    suspended: bool = False
+    active: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    complete: bool = False
+    failed_reason: str | None = None  # reason of a True Failed condition
+    failed_message: str = ""
+    deleting: bool = False
+    restarts: Mapping[str, int] = field(default_factory=dict)  # counters recorded at launch (annotation)
+
+
+def job_view(body: Mapping[str, Any]) -> JobView:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    status = body.get("status") or {}
+    complete = False
+    failed_reason: str | None = None
+    failed_message = ""
+    for condition in status.get("conditions") or []:
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == "Complete":
+            complete = True
+        elif condition.get("type") == "Failed":
+            failed_reason = str(condition.get("reason") or "Failed")
+            failed_message = str(condition.get("message") or "")
+    restarts: dict[str, int] = {}
+    try:
+        raw = json.loads(annotations.get(ANNOTATION_RESTARTS, "{}"))
+        if isinstance(raw, dict):
+            restarts = {str(k): _int(v) for k, v in raw.items()}
+    except ValueError:
+        pass
+    return JobView(
+        name=str(meta.get("name", "")),
+        attempt=_int(labels.get(LABEL_ATTEMPT), 0),
+        uid=meta.get("uid"),
+        suspended=bool((body.get("spec") or {}).get("suspend")),
+        active=_int(status.get("active")),
+        succeeded=_int(status.get("succeeded")),
+        failed=_int(status.get("failed")),
+        complete=complete,
+        failed_reason=failed_reason,
+        failed_message=failed_message,
+        deleting=bool(meta.get("deletionTimestamp")),
+        restarts=restarts,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ latest.json
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    type: str
+    step: int | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Record:
+    """The trainer's `latest.json`: where the newest verified checkpoint is and what the run looks like."""
+
+    step: int
+    uri: str
+    time: str | None = None
+    manifest_sha256: str | None = None
+    metric: float | None = None
+    cost_usd: float | None = None
+    cost_gpu_hours: float | None = None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    health_events: tuple[HealthEvent, ...] = ()
+    rollbacks: int = 0
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def parse_record(data: Any) -> Record | None:
+    """A `Record` from the JSON of latest.json; None when it lacks a step or a URI. Unknown or malformed optional
+    fields are ignored (a newer trainer may write more)."""
+    if not isinstance(data, dict):
+        return None
+    step = data.get("step")
+    uri = data.get("uri")
+    if isinstance(step, bool) or not isinstance(step, int) or not isinstance(uri, str) or not uri:
+        return None
+    cost = _mapping(data.get("cost"))
+    metrics_raw = _mapping(data.get("metrics"))
+    metrics = {str(k): v for k, raw in metrics_raw.items() if (v := _float(raw)) is not None}
+    health = _mapping(data.get("health"))
+    events: list[HealthEvent] = []
+    for raw_event in health.get("events") or []:
+        if isinstance(raw_event, dict) and isinstance(raw_event.get("type"), str):
+            raw_step = raw_event.get("step")
+            events.append(
+                HealthEvent(
+                    type=raw_event["type"],
+                    step=raw_step if isinstance(raw_step, int) and not isinstance(raw_step, bool) else None,
+                    message=str(raw_event.get("message") or ""),
+                )
+            )
+        elif isinstance(raw_event, str):
+            events.append(HealthEvent(type=raw_event))
+    rollbacks_raw = health.get("rollbacks")
+    if isinstance(rollbacks_raw, list):
+        rollbacks = len(rollbacks_raw)
+    else:
+        rollbacks = _int(rollbacks_raw, 0) if not isinstance(rollbacks_raw, bool) else 0
+    run_id = data.get("mlflowRunId")
+    return Record(
+        step=step,
+        uri=uri,
+        time=data.get("time") if isinstance(data.get("time"), str) else None,
+        manifest_sha256=data.get("manifestSha256") if isinstance(data.get("manifestSha256"), str) else None,
+        metric=_float(data.get("metric")),
+        cost_usd=_float(cost.get("usd")),
+        cost_gpu_hours=_float(cost.get("gpuHours")),
+        metrics=metrics,
+        mlflow_run_id=run_id if isinstance(run_id, str) and run_id else None,
+        health_events=tuple(events),
+        rollbacks=max(0, rollbacks),
+    )
+
+
+def job_root(checkpoint_uri: str, namespace: str, name: str) -> str:
+    """Same layout as the trainer: `<checkpoint.uri>/<namespace>/<job>`."""
+    return storage.join(checkpoint_uri, namespace, name)
+
+
+def latest_uri(checkpoint_uri: str, namespace: str, name: str) -> str:
+    return storage.join(job_root(checkpoint_uri, namespace, name), LATEST)
+
+
+class RecordUnavailable(Exception):
+    """The object store did not answer or refused: the record is unknown (not absent)."""
+
+
+def read_record(store: storage.ObjectStore, uri: str) -> Record | None:
+    """The parsed latest.json at `uri`; None when there is none yet (or it is unreadable JSON: a trainer that
+    writes latest.json atomically never leaves half a file, so this is someone else's object)."""
+    try:
+        data = store.get_bytes(uri)
+    except storage.ObjectNotFound:
+        return None
+    except storage.StorageError as exc:
+        raise RecordUnavailable(str(exc)) from exc
+    try:
+        return parse_record(json.loads(data))
+    except ValueError:
+        return None

@@ -1,0 +1,62 @@
+"""Promotion from the operator: `ganops.promotion` (gates, registration, alias) and rollback, mapped to outcomes that
+`status.apply_promotion` folds into the job's status.
+
+`ganops.promotion.promote` judges the job's best checkpoint (by the manifests' `metric`) against
+`spec.promotion.gates`, registers it as an MLflow model version (rejected ones too, tagged, so the registry keeps the
+record; idempotent per checkpoint and verdict) and moves `spec.promotion.alias` only when the gates pass. The
+operator calls it with `render=False`: no sample grid, no torch (the version then lacks the `ganops.samples.*`
+tags). `ganops.promotion` (numpy, Pillow) and MLflow are imported only when a promotion runs.
+
+Manual promotion with `ganops.io/promote: "force"` moves the alias to the registered version even when the gates
+rejected it; `"true"` applies the gates like auto-promotion.
+"""
+
+from __future__ import annotations
+
+from ganops.api.spec import GanTrainingJobSpec
+from ganops.operator.status import PromotionResult
+
+
+def promote_job(
+    spec: GanTrainingJobSpec,
+    *,
+    namespace: str,
+    name: str,
+    checkpoint_root: str,
+    tracking_uri: str,
+    force: bool = False,
+) -> PromotionResult:
+    from ganops import promotion, tracking
+
+    model = spec.promotion.model_name or name
+    alias = spec.promotion.alias
+    try:
+        result = promotion.promote(spec, checkpoint_root, tracking_uri, namespace=namespace, job=name, render=False)
+        if result.promoted:
+            return PromotionResult("promoted", model, alias, result.version, result.decision.describe())
+        if force:
+            tracking.set_alias(tracking_uri, model, alias, result.version)
+            return PromotionResult("promoted", model, alias, result.version,
+                                   f"forced past the gates ({result.decision.describe()})")
+        return PromotionResult("rejected", model, alias, result.version, "; ".join(result.decision.failures))
+    except tracking.TrackingUnavailable as exc:
+        return PromotionResult("unavailable", model, alias, message=str(exc))
+    except (tracking.TrackingError, promotion.PromotionError) as exc:
+        return PromotionResult("error", model, alias, message=str(exc))
+
+
+def rollback(tracking_uri: str, *, model_name: str, alias: str, version: str) -> PromotionResult:
+    """Point `model_name@alias` back at an existing `version`."""
+    from ganops import tracking
+
+    try:
+        info = tracking.get_version(tracking_uri, model_name, version)
+        if info is None:
+            return PromotionResult("rollback_failed", model_name, alias, message=f"{model_name} has no version "
+                                                                                 f"{version}")
+        tracking.set_alias(tracking_uri, model_name, alias, info.version)
+    except tracking.TrackingUnavailable as exc:
+        return PromotionResult("rollback_unavailable", model_name, alias, message=str(exc))
+    except tracking.TrackingError as exc:
+        return PromotionResult("rollback_failed", model_name, alias, message=str(exc))
+    return PromotionResult("rolled_back", model_name, alias, info.version)

@@ -1,0 +1,109 @@
+"""`ganops.operator.controller.Controller`: the I/O around the decisions, against a fake API."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from ganops.operator.controller import Controller, JobMemory, Snapshot
+from ganops.operator.kube import KubeError
+from ganops.operator.observe import JobView, PodView
+from ganops.operator.settings import OperatorConfig
+from tests.support.jobs import grid_job
+
+NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+class FakeKube:
+    """Records calls; `refuse` maps (method, kind or plural) to a KubeError status to answer with."""
+
+    def __init__(self, refuse: dict[tuple[str, str], int] | None = None) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self.refuse = refuse or {}
+
+    def _maybe_refuse(self, method: str, what: str) -> None:
+        status = self.refuse.get((method, what))
+        if status is not None:
+            raise KubeError(status, "Refused", f"{what} refused", f"{method} {what}")
+
+    def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
+        self.calls.append(("POST", obj["kind"], obj))
+        self._maybe_refuse("POST", obj["kind"])
+        return obj
+
+    def patch(self, api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any], *,
+              subresource: str | None = None) -> dict[str, Any]:
+        what = f"{plural}/{subresource}" if subresource else plural
+        self.calls.append(("PATCH", what, patch))
+        self._maybe_refuse("PATCH", what)
+        return {"status": patch.get("status", {})} if subresource == "status" else {}
+
+    def delete(self, api_version: str, plural: str, namespace: str, name: str, **kw: Any) -> None:
+        self.calls.append(("DELETE", plural, kw))
+        self._maybe_refuse("DELETE", plural)
+
+    def close(self) -> None:
+        pass
+
+    def methods(self) -> list[tuple[str, str]]:
+        return [(method, what) for method, what, _ in self.calls]
+
+
+def snap(status: dict[str, Any] | None = None, jobs: tuple[JobView, ...] = (), pods: tuple[PodView, ...] = (),
+         **spec: Any) -> Snapshot:
+    return Snapshot(name="gan", namespace="team-a", uid="u-1", generation=1, spec=grid_job("gan", **spec)["spec"],
+                    status=status or {}, annotations={}, labels={}, jobs=jobs, pods=pods)
+
+
+def controller(kube: FakeKube) -> Controller:
+    return Controller(OperatorConfig(), kube, now=lambda: NOW)  # type: ignore[arg-type]
+
+
+def test_creates_children_writes_status_and_does_not_repost_while_the_index_lags() -> None:
+    kube = FakeKube()
+    memory = JobMemory()
+    outcome = controller(kube).reconcile(snap(), memory)
+    assert kube.methods() == [("POST", "ConfigMap"), ("POST", "Job"), ("PATCH", "gantrainingjobs/status")]
+    assert outcome.phase == "Pending" and [e.reason for e in outcome.events] == ["Created"]
+    assert memory.status is not None and memory.status["attempt"] == 1
+
+    kube.calls.clear()  # the Job is not in kopf's index yet: no second POST, no status write (nothing changed)
+    controller(kube).reconcile(snap(), memory)
+    assert kube.methods() == []
+
+    kube.calls.clear()  # the index shows it: running
+    running = controller(kube).reconcile(
+        snap(jobs=(JobView("gan", 1, "j-1"),), pods=(PodView("gan-0", 1, 0, "Running", started=NOW),)), memory)
+    assert running.phase == "Running" and kube.methods() == [("PATCH", "gantrainingjobs/status")]
+    patch = kube.calls[0][2]["status"]
+    assert patch["phase"] == "Running" and "attempt" not in patch  # a merge patch of what changed
+
+
+def test_conflicts_and_permanent_errors() -> None:
+    kube = FakeKube({("POST", "ConfigMap"): 409, ("POST", "Job"): 409})
+    outcome = controller(kube).reconcile(snap(), JobMemory())
+    # The ConfigMap exists: its job file is rewritten; the Job exists (ours, or the previous one going): wait.
+    assert ("PATCH", "configmaps") in kube.methods() and outcome.requeue_after is not None
+
+    kube = FakeKube({("POST", "Job"): 422})
+    memory = JobMemory()
+    outcome = controller(kube).reconcile(snap(), memory)
+    assert [e.reason for e in outcome.events] == ["Created", "ReconcileError"]
+    assert outcome.requeue_after == 300.0
+    ready = next(c for c in memory.status["conditions"] if c["type"] == "ChildrenReady")  # type: ignore[index]
+    assert ready["status"] == "False" and "Job refused" in ready["message"]
+
+    kube = FakeKube({("PATCH", "gantrainingjobs/status"): 404})
+    assert controller(kube).reconcile(snap(), JobMemory()).gone  # deleted meanwhile: the loop ends
+
+
+def test_relaunch_deletes_the_old_job_by_uid_in_the_foreground() -> None:
+    kube = FakeKube()
+    memory = JobMemory()
+    status = {"phase": "Running", "attempt": 1, "restarts": {"preemptions": 0, "failures": 0}}
+    evicted = PodView("gan-0", 1, 0, "Failed", reason="Evicted")
+    controller(kube).reconcile(snap(status, jobs=(JobView("gan", 1, "j-1"),), pods=(evicted,)), memory)
+    assert kube.methods()[:2] == [("DELETE", "jobs"), ("POST", "ConfigMap")]
+    assert kube.calls[0][2] == {"uid": "j-1", "propagation": "Foreground"}
+    job = next(obj for method, kind, obj in kube.calls if kind == "Job")
+    assert job["metadata"]["labels"]["ganops.io/attempt"] == "2"

@@ -1,0 +1,164 @@
+"""Views of pods, Jobs and latest.json (`ganops.operator.observe`), budget accrual, gates, merge patches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ganops import storage
+from ganops.api.loader import spec_from_object
+from ganops.operator import budget
+from ganops.operator.controller import merge_patch
+from ganops.operator.observe import (
+    JobView,
+    PodView,
+    Record,
+    RecordUnavailable,
+    job_view,
+    latest_uri,
+    parse_record,
+    parse_time,
+    pod_view,
+    read_record,
+)
+from tests.support.jobs import grid_job
+
+NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def test_pod_view_reads_phase_disruption_exit_code_and_times() -> None:
+    body: dict[str, Any] = {
+        "metadata": {"name": "j-1-abc", "labels": {"ganops.io/attempt": "3"},
+                     "annotations": {"batch.kubernetes.io/job-completion-index": "1"}},
+        "status": {
+            "phase": "Failed", "reason": "Evicted", "startTime": "2025-01-01T11:00:00Z",
+            "conditions": [{"type": "Ready", "status": "False"},
+                           {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}],
+            "containerStatuses": [
+                {"name": "sidecar", "state": {"running": {}}},
+                {"name": "trainer", "state": {"terminated": {"exitCode": 143, "reason": "Error",
+                                                             "startedAt": "2025-01-01T11:00:05Z",
+                                                             "finishedAt": "2025-01-01T11:30:05Z"}}},
+            ],
+        },
+    }
+    view = pod_view(body)
+    assert (view.name, view.attempt, view.index, view.phase, view.reason) == ("j-1-abc", 3, 1, "Failed", "Evicted")
+    assert view.disruption == "EvictionByEvictionAPI" and view.exit_code == 143 and view.terminal
+    assert view.run_seconds(NOW) == 1800.0  # until it finished, not until now
+
+    running = pod_view({"metadata": {"name": "p"}, "status": {"phase": "Running",
+                                                                "startTime": "2025-01-01T11:59:00Z"}})
+    assert running.run_seconds(NOW) == 60.0 and running.attempt == 0 and running.disruption is None
+    assert pod_view({"metadata": {"name": "p"}}).run_seconds(NOW) == 0.0  # pending: no time
+    assert pod_view({"metadata": {"name": "p", "deletionTimestamp": "x"}, "status": {}}).deleting
+
+
+def test_job_view_reads_conditions_and_launch_counters() -> None:
+    view = job_view({
+        "metadata": {"name": "j", "uid": "u1", "labels": {"ganops.io/attempt": "2"},
+                     "annotations": {"ganops.io/restarts": '{"preemptions": 1, "failures": 2}'}},
+        "spec": {"suspend": True},
+        "status": {"active": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "PodFailurePolicy",
+                                                "message": "m"}, {"type": "Complete", "status": "False"}]},
+    })
+    assert view == JobView(name="j", attempt=2, uid="u1", suspended=True, active=1, failed_reason="PodFailurePolicy",
+                           failed_message="m", restarts={"preemptions": 1, "failures": 2})
+    assert job_view({"metadata": {"name": "j", "annotations": {"ganops.io/restarts": "not json"}}}).restarts == {}
+    assert job_view({"metadata": {"name": "j"}, "status": {"conditions": [
+        {"type": "Complete", "status": "True"}]}}).complete
+
+
+def test_parse_record_is_tolerant() -> None:
+    full = parse_record({
+        "step": 500, "uri": "s3://b/r/step-000000500", "time": "t", "manifestSha256": "ab", "metric": 12.5,
+        "cost": {"usd": 1.5, "gpuHours": 0.5}, "metrics": {"fid": 12.5, "bad": "x", "nan": float("nan")},
+        "mlflowRunId": "r1", "health": {"events": [{"type": "mode_collapse", "step": 400, "message": "m"}, "nan_loss",
+                                                  {"no": "type"}], "rollbacks": [{"step": 1}, {"step": 2}]},
+        "unknownFutureField": True,
+    })
+    assert full is not None
+    assert (full.step, full.metric, full.cost_usd, full.cost_gpu_hours) == (500, 12.5, 1.5, 0.5)
+    assert full.metrics == {"fid": 12.5} and full.mlflow_run_id == "r1" and full.rollbacks == 2
+    assert [e.type for e in full.health_events] == ["mode_collapse", "nan_loss"]
+    assert parse_record({"step": 1, "uri": "s3://b/x", "health": {"rollbacks": 3}}).rollbacks == 3  # type: ignore
+    bad: Any
+    for bad in (None, [], {"step": "1", "uri": "x"}, {"step": 1}, {"step": True, "uri": "x"}, {"uri": "x"}):
+        assert parse_record(bad) is None
+    minimal = parse_record({"step": 0, "uri": "file:///x", "cost": "free", "metrics": None})
+    assert minimal == Record(step=0, uri="file:///x")
+
+
+def test_read_record_from_a_store(tmp_path: Path) -> None:
+    uri = latest_uri(f"file://{tmp_path}", "team-a", "j")
+    assert uri == f"file://{tmp_path}/team-a/j/latest.json"
+    store = storage.FileStore()
+    assert read_record(store, uri) is None
+    store.put_json(uri, {"step": 7, "uri": "file:///x/step-000000007"})
+    assert read_record(store, uri) == Record(step=7, uri="file:///x/step-000000007")
+    store.put_bytes(uri, b"{not json")
+    assert read_record(store, uri) is None
+
+    class Down(storage.FileStore):
+        def get_bytes(self, uri: str) -> bytes:
+            raise storage.StorageError("503 SlowDown", uri)
+
+    with pytest.raises(RecordUnavailable):
+        read_record(Down(), uri)
+
+
+def test_parse_time() -> None:
+    assert parse_time("2025-01-01T12:00:00Z") == NOW
+    assert parse_time("2025-01-01T12:00:00") == NOW
+    assert parse_time("garbage") is None and parse_time(None) is None
+
+
+# ------------------------------------------------------------------------------------------------ budget
+
+
+def _pod(name: str, attempt: int, minutes: float, *, finished: bool = False) -> PodView:
+    started = NOW - dt.timedelta(minutes=minutes)
+    return PodView(name=name, attempt=attempt, index=0, phase="Succeeded" if finished else "Running",
+                   started=started, finished=NOW if finished else None)
+
+
+def test_accrual_keeps_pod_time_and_banks_it_per_attempt() -> None:
+    acc = budget.accrue(budget.Accounting(), 1, [_pod("a", 1, 30), _pod("b", 1, 30), _pod("old", 0, 99)], 2, NOW)
+    assert acc.gpu_seconds == pytest.approx(2 * 2 * 1800)  # the other attempt's pod is not counted here
+    # A pod that disappears keeps what it cost; a stale, shorter reading never lowers it.
+    acc = budget.accrue(acc, 1, [_pod("a", 1, 10)], 2, NOW)
+    assert acc.gpu_seconds == pytest.approx(2 * 2 * 1800)
+    acc = budget.accrue(acc, 2, [_pod("c", 2, 6)], 2, NOW)
+    assert acc.banked_gpu_seconds == pytest.approx(7200) and acc.pods == {"c": pytest.approx(720)}
+    assert budget.Accounting.from_wire(acc.as_wire()) == acc
+    assert budget.Accounting.from_wire("junk") == budget.Accounting()
+
+
+def test_cost_figures_take_the_larger_of_observed_and_reported() -> None:
+    spec = spec_from_object(grid_job("g", resources={"gpusPerReplica": 1, "spot": True},
+                                     budget={"pricePerGPUHour": 4.0, "spotDiscount": 0.5,
+                                             "maxCostUSD": 10, "maxGPUHours": 2})["spec"])
+    acc = budget.Accounting(1, 3600.0, {})
+    assert budget.figures(spec, acc, None).as_wire() == {"usd": 2.0, "gpuHours": 1.0}
+    reported = Record(step=1, uri="x", cost_usd=9.0, cost_gpu_hours=0.2)
+    figures = budget.figures(spec, acc, reported)
+    assert (figures.usd, figures.gpu_hours) == (9.0, 1.0)
+    assert budget.figures(spec, acc, None, {"usd": 11.0, "gpuHours": 0.0}).usd == 11.0  # never goes down
+    verdict = budget.verdict(spec, figures)
+    assert verdict.fraction == pytest.approx(0.9) and verdict.warn and not verdict.exceeded
+    assert budget.verdict(spec, budget.figures(spec, budget.Accounting(1, 7200.0), None)).exceeded  # 2 GPU-hours
+    unbounded = spec_from_object(grid_job("g")["spec"])
+    assert budget.verdict(unbounded, figures) == budget.BudgetVerdict(None, False, False)
+
+
+def test_merge_patch() -> None:
+    old = {"phase": "Running", "conditions": [{"type": "A"}], "accounting": {"pods": {"a": 1.0, "b": 2.0}}, "x": 1}
+    new = {"phase": "Pending", "conditions": [{"type": "A"}, {"type": "B"}], "accounting": {"pods": {"c": 3.0}}}
+    patch = merge_patch(old, new)
+    assert patch == {"x": None, "phase": "Pending", "conditions": [{"type": "A"}, {"type": "B"}],
+                     "accounting": {"pods": {"a": None, "b": None, "c": 3.0}}}
+    assert merge_patch(new, json.loads(json.dumps(new))) == {}
