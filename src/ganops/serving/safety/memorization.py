@@ -19,6 +19,7 @@ distances (self excluded, exact duplicates ignored), measured on up to ``max_thr
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import struct
 from collections.abc import Callable
@@ -46,8 +47,10 @@ _METADATA_KEY = "ganops.memorization"
 _DUPLICATE_EPS = 1e-6
 
 
+@functools.lru_cache(maxsize=64)
 def _area_matrix(src: int, dst: int) -> np.ndarray:
-    """``(dst, src)`` weights averaging the source cells each destination cell covers (exact area resize)."""
+    """``(dst, src)`` weights averaging the source cells each destination cell covers (exact area resize).
+    Cached (the serving path calls it per request): the returned array is read-only."""
     weights = np.zeros((dst, src), dtype=np.float64)
     scale = src / dst
     for i in range(dst):
@@ -57,6 +60,7 @@ def _area_matrix(src: int, dst: int) -> np.ndarray:
             if overlap > 0:
                 weights[i, j] = overlap
     weights /= weights.sum(axis=1, keepdims=True)
+    weights.setflags(write=False)
     return weights
 
 
@@ -70,7 +74,7 @@ def pixel_features(images: np.ndarray, size: int = 16) -> np.ndarray:
         raise ValueError(f"expected NCHW images, got shape {batch.shape}")
     grey = batch[:, :3].mean(axis=1) if batch.shape[1] in (3, 4) else batch[:, 0]
     rows, cols = _area_matrix(grey.shape[1], size), _area_matrix(grey.shape[2], size)
-    small = np.einsum("ih,nhw,jw->nij", rows, grey, cols, optimize=True).reshape(len(batch), -1)
+    small = (rows @ grey @ cols.T).reshape(len(batch), -1)  # rows·grey·colsᵀ: the area resize, batched
     small -= small.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(small, axis=1, keepdims=True)
     out: np.ndarray = np.divide(small, norms, out=np.zeros_like(small), where=norms > 1e-8)
@@ -106,11 +110,17 @@ def _concrete_feature_name(fn: FeatureFn, data: np.ndarray) -> str:
 
 
 def nearest_distances(
-    queries: np.ndarray, reference: np.ndarray, *, exclude_self: bool = False, chunk: int = 1024
+    queries: np.ndarray,
+    reference: np.ndarray,
+    *,
+    exclude_self: bool = False,
+    chunk: int = 1024,
+    reference_sq: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Euclidean distance from each query row to its nearest reference row, and that row's index.
 
     ``exclude_self``: queries are ``reference[:len(queries)]``; row i's own match is ignored.
+    ``reference_sq``: the reference rows' squared norms (float64), when the caller keeps them.
     """
     q = np.asarray(queries, dtype=np.float32)
     r = np.asarray(reference, dtype=np.float32)
@@ -120,7 +130,7 @@ def nearest_distances(
     where = np.full(len(q), -1, dtype=np.int64)
     if len(r) == 0:
         return best, where
-    r_sq = (r.astype(np.float64) ** 2).sum(axis=1)
+    r_sq = reference_sq if reference_sq is not None else (r.astype(np.float64) ** 2).sum(axis=1)
     for start in range(0, len(q), chunk):
         block = q[start : start + chunk]
         b_sq = (block.astype(np.float64) ** 2).sum(axis=1)
@@ -145,6 +155,7 @@ class MemorizationIndex:
     features: np.ndarray
     threshold: float
     metadata: dict[str, Any] = field(default_factory=dict)
+    _features_sq: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -235,7 +246,9 @@ class MemorizationIndex:
         return cls.from_bytes(Path(path).read_bytes())
 
     def nearest(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return nearest_distances(features, self.features)
+        if self._features_sq is None or len(self._features_sq) != len(self.features):
+            self._features_sq = (np.asarray(self.features, dtype=np.float64) ** 2).sum(axis=1)
+        return nearest_distances(features, self.features, reference_sq=self._features_sq)
 
 
 class MemorizationFilter:

@@ -1,0 +1,252 @@
+"""Settings of the serving process: pydantic-settings, from (highest priority first) keyword arguments, environment
+variables ``GANOPS_SERVING_*`` (nested with ``__``: ``GANOPS_SERVING_CANARY__PERCENT=10``), an optional YAML or
+JSON file (``config_file=`` or ``GANOPS_SERVING_CONFIG_FILE``; same field names, nested as objects), then defaults.
+
+What to serve, one of:
+
+* ``model="name@alias"`` (alias defaults to ``production``) resolved through the MLflow registry at ``mlflow_uri``
+  (or ``MLFLOW_TRACKING_URI``), polled every ``poll_interval_s`` for alias moves; ``canary.alias`` +
+  ``canary.percent`` send that share of seeds to the version behind the canary alias;
+* ``checkpoint_uri`` (a step folder, or a job's root whose ``latest.json`` is followed): no MLflow, for local use.
+
+Secrets (API key hashes, the watermark key) come from files (a mounted Secret) or environment variables; none has
+a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from ganops.serving.safety import RequestPolicy, SafetySettings
+from ganops.serving.safety.nsfw import DEFAULT_BLOCKED_LABELS
+
+__all__ = [
+    "CONFIG_FILE_ENV",
+    "BatchingSettings",
+    "CanarySettings",
+    "LimitSettings",
+    "SafetyConfig",
+    "ServingSettings",
+    "default_audit_uri",
+]
+
+CONFIG_FILE_ENV = "GANOPS_SERVING_CONFIG_FILE"
+DEFAULT_ALIAS = "production"
+
+
+def default_audit_uri() -> str:
+    """``file://`` URI of ``.ganops/audit`` under the working directory (local runs; clusters set an s3:// URI)."""
+    return (Path.cwd() / ".ganops" / "audit").as_uri()
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CanarySettings(_Section):
+    """``percent`` of seeds (``bucket(seed) < percent``; a seed always lands on the same side) go to ``alias``."""
+
+    alias: str | None = Field(None, description="Registry alias of the canary version, e.g. 'canary'.")
+    percent: float = Field(0.0, ge=0.0, le=100.0)
+
+
+class BatchingSettings(_Section):
+    """Dynamic micro-batching: samples of concurrent requests for one model version share one forward pass."""
+
+    enabled: bool = Field(True, description="False: one request, one forward pass (the naive baseline).")
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Samples per forward pass (bigger requests run alone).")
+    max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="How long the first request waits for company.")
+    max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for the generator; more → 503.")
+    postprocess_threads: int = Field(2, ge=1, le=64, description="Threads for safety filters, watermark, encoding.")
+
+
+class LimitSettings(_Section):
+    max_n: int = Field(64, ge=1, le=1024, description="Samples per request.")
+    max_image_size: int = Field(256, ge=2, le=4096)
+    max_pixels_per_request: int = Field(64 * 256 * 256, ge=1)
+    min_truncation: float = Field(0.0, ge=0.0, description="Exclusive lower bound of `truncation`.")
+    max_truncation: float = Field(4.0, gt=0.0, le=100.0, description="Inclusive upper bound of `truncation`.")
+    allowed_labels: list[int] | None = Field(None, description="Classes a conditional model may be asked for.")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies → 413.")
+    max_verify_pixels: int = Field(4096 * 4096, ge=64, description="Largest image /v1/watermark/verify decodes.")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="Queue + generation + safety + encoding → else 504.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (queue full, not ready).")
+    rate_limit_per_second: float = Field(20.0, ge=0.0, description="Token refill per API key; 0 = no limit.")
+    rate_limit_burst: int = Field(40, ge=1, description="Bucket size per API key.")
+
+    def policy(self) -> RequestPolicy:
+        return RequestPolicy(
+            max_n=self.max_n,
+            max_image_size=self.max_image_size,
+            max_pixels_per_request=self.max_pixels_per_request,
+            allowed_labels=frozenset(self.allowed_labels) if self.allowed_labels is not None else None,
+            min_truncation=self.min_truncation,
+            max_truncation=self.max_truncation,
+        )
+
+
+class SafetyConfig(_Section):
+    """The safety pipeline's settings (see docs/safety.md) plus the serving-side policies around it."""
+
+    mode: Literal["withhold", "replace"] = "withhold"
+    degenerate_enabled: bool = True
+    degenerate_std_eps: float = 0.01
+    degenerate_blank_fraction: float = 0.995
+    degenerate_duplicate_distance: float = 0.05
+    nsfw_enabled: bool = True
+    nsfw_min_score: float = Field(0.5, ge=0.0, le=1.0)
+    nsfw_blocked_labels: list[str] = Field(default_factory=lambda: sorted(DEFAULT_BLOCKED_LABELS))
+    nsfw_threads: int | None = Field(None, ge=1)
+    nsfw_min_image_size: int = Field(
+        96,
+        ge=0,
+        description="Models whose images are smaller than this (px per side) skip the NSFW detector, which finds "
+        "nothing below ~96 px (docs/safety.md); 0 = run it on every image.",
+    )
+    memorization_enabled: bool = Field(True, description="Use the index found beside the checkpoint (if any).")
+    memorization_threshold: float | None = None
+    extra_filters: list[str] = Field(
+        default_factory=list,
+        description="'module:callable' factories of additional SafetyFilter objects, run after the built-in ones.",
+    )
+    audit_uri: str | None = Field(default_factory=default_audit_uri, description="s3:// or file://; None = off.")
+    audit_include_pixels: bool = False
+    watermark_key: SecretStr | None = Field(None, description="'hex:…', 'base64:…' or text; >= 16 bytes.")
+    watermark_key_file: str | None = None
+    watermark_payload_bits: int = Field(32, ge=32, le=64)
+    watermark_dwt: bool = True
+    require_watermark_key: bool = Field(
+        False, description="Refuse to start without a configured key (else an ephemeral key is generated)."
+    )
+
+    def safety_settings(
+        self, *, nsfw: bool | None = None, memorization_index_path: str | None = None
+    ) -> SafetySettings:
+        """The pipeline's :class:`SafetySettings` (``nsfw`` overrides ``nsfw_enabled`` for one model)."""
+        key = self.watermark_key.get_secret_value() if self.watermark_key is not None else None
+        return SafetySettings(
+            mode=self.mode,
+            degenerate_enabled=self.degenerate_enabled,
+            degenerate_std_eps=self.degenerate_std_eps,
+            degenerate_blank_fraction=self.degenerate_blank_fraction,
+            degenerate_duplicate_distance=self.degenerate_duplicate_distance,
+            nsfw_enabled=self.nsfw_enabled if nsfw is None else nsfw,
+            nsfw_min_score=self.nsfw_min_score,
+            nsfw_blocked_labels=frozenset(self.nsfw_blocked_labels),
+            nsfw_threads=self.nsfw_threads,
+            memorization_index_path=memorization_index_path,
+            memorization_threshold=self.memorization_threshold,
+            audit_uri=self.audit_uri,
+            audit_include_pixels=self.audit_include_pixels,
+            watermark_key=key,
+            watermark_key_file=self.watermark_key_file,
+            watermark_payload_bits=self.watermark_payload_bits,
+            watermark_dwt=self.watermark_dwt,
+        )
+
+
+class _ConfigFileSource(YamlConfigSettingsSource):
+    """The YAML/JSON file named by ``config_file=`` or ``GANOPS_SERVING_CONFIG_FILE`` (YAML parses JSON too)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"serving config file {path} does not exist")
+        super().__init__(settings_cls, yaml_file=path or None)
+
+
+class ServingSettings(BaseSettings):
+    """Everything the serving process reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GANOPS_SERVING_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    config_file: Path | None = Field(None, description="YAML/JSON file with these settings (lower than env).")
+
+    # --- what to serve
+    model: str | None = Field(None, description="'name@alias' in the MLflow registry (alias default: production).")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking/registry URI (default: MLFLOW_TRACKING_URI).")
+    checkpoint_uri: str | None = Field(None, description="Serve this checkpoint directly (no MLflow).")
+    model_name: str = Field("local", description="Name reported for a direct checkpoint_uri.")
+    poll_interval_s: float = Field(30.0, gt=0.0, le=86400.0, description="How often aliases/latest.json are read.")
+    ema: bool | None = Field(None, description="EMA weights (default: the version's tag, else true).")
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+
+    # --- process
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    shutdown_timeout_s: float = Field(30.0, ge=0.0, description="In-flight requests get this long on SIGTERM.")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads (default: torch's).")
+    device: str = "cpu"
+
+    # --- behaviour
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    jpeg_quality: int = Field(95, ge=1, le=100)
+
+    # --- security
+    api_keys_file: Path | None = Field(None, description="Lines '<key-id>:<sha256-hex of the key>' (a Secret mount).")
+    api_keys: SecretStr | None = Field(None, description="Same format, comma- or newline-separated (env).")
+    require_api_keys: bool = Field(False, description="Refuse to start without API keys (else: open, warned).")
+    cors_origins: list[str] = Field(default_factory=list, description="Empty = no CORS headers at all.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
+        path = init_kwargs.get("config_file") or os.environ.get(CONFIG_FILE_ENV)
+        return init_settings, env_settings, _ConfigFileSource(settings_cls, str(path) if path else None)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServingSettings:
+        if self.model and self.checkpoint_uri:
+            raise ValueError("set either model (MLflow) or checkpoint_uri (direct), not both")
+        if self.model:
+            name, _, alias = self.model.partition("@")
+            if not name or (self.model.count("@") > 1) or (alias == "" and "@" in self.model):
+                raise ValueError(f"model must be 'name' or 'name@alias', not {self.model!r}")
+            if not self.resolved_mlflow_uri():
+                raise ValueError("model is resolved through MLflow: set mlflow_uri (or MLFLOW_TRACKING_URI)")
+        if self.canary.alias and not self.model:
+            raise ValueError("canary.alias needs model (a registry alias); direct checkpoints have no canary")
+        if self.limits.min_truncation >= self.limits.max_truncation:
+            raise ValueError("limits.min_truncation must be below limits.max_truncation")
+        return self
+
+    # ------------------------------------------------------------------------------------------- derived
+
+    @property
+    def registered_name(self) -> str:
+        """The model name clients see: the registry name, else ``model_name``."""
+        return self.model.partition("@")[0] if self.model else self.model_name
+
+    @property
+    def alias(self) -> str:
+        if not self.model:
+            return "checkpoint"
+        return self.model.partition("@")[2] or DEFAULT_ALIAS
+
+    def resolved_mlflow_uri(self) -> str | None:
+        return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
