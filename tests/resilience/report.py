@@ -1,0 +1,120 @@
+"""Figures of the resilience and bad-input runs, and the report `make resilience` writes.
+
+Tests record numbers with the ``figures`` fixture (``figures["kills"] = 100``); they are kept per test in
+``FIGURES``. Loaded as a plugin (``pytest -p tests.resilience.report``) with ``GANOPS_RESILIENCE_REPORT=<path
+without suffix>`` set, this module also records each test's outcome and duration and, at the end of the session,
+writes ``<path>.json`` and ``<path>.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FULL = os.environ.get("GANOPS_RESILIENCE", "").lower() == "full"
+REPORT_ENV = "GANOPS_RESILIENCE_REPORT"
+
+FIGURES: dict[str, dict[str, Any]] = {}
+OUTCOMES: dict[str, dict[str, Any]] = {}
+_STARTED = time.time()
+
+
+def sized(fast: int, full: int) -> int:
+    """The fast subset's size in `make test`, the full one in `make resilience` (GANOPS_RESILIENCE=full)."""
+    return full if FULL else fast
+
+
+def figures_for(nodeid: str) -> dict[str, Any]:
+    return FIGURES.setdefault(nodeid, {})
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        OUTCOMES[report.nodeid] = {"outcome": report.outcome, "seconds": round(report.duration, 1)}
+
+
+# Headline figures: (label, key in a test's figures, how to combine across tests)
+HEADLINE = [
+    ("trainer SIGKILLs", "kills"),
+    ("  of them during a checkpoint save", "kills_mid_checkpoint"),
+    ("steps lost beyond one checkpoint interval", "steps_lost_beyond_interval"),
+    ("most steps lost by one kill", "max_steps_lost"),
+    ("corrupt checkpoints", "corrupt_checkpoints"),
+    ("checkpoints verified", "checkpoints_verified"),
+    ("recoveries (restarts that resumed)", "recoveries"),
+    ("preemptions (SIGTERM) relaunched by the operator", "preemptions"),
+    ("backoff spent by preemptions", "backoff_spent"),
+    ("object-store faults injected", "s3_faults_injected"),
+    ("MLflow outages survived", "mlflow_outages"),
+    ("metric points missing in MLflow afterwards", "mlflow_points_missing"),
+    ("operator SIGKILLs", "operator_kills"),
+    ("duplicate children", "duplicate_children"),
+    ("lost transitions", "lost_transitions"),
+    ("serving requests under faults", "serving_requests"),
+    ("serving 5xx", "serving_5xx"),
+    ("serving readiness drops", "readiness_drops"),
+    ("bad job files refused by `ganops validate`", "badinput_validate_refused"),
+    ("bad job files refused by the CRD schema + CEL", "badinput_crd_refused"),
+    ("bad jobs marked InvalidSpec by the operator", "badinput_operator_invalid"),
+    ("malformed HTTP requests", "http_bad_requests"),
+    ("  answered 5xx", "http_5xx"),
+]
+
+
+def _totals() -> dict[str, Any]:
+    totals: dict[str, Any] = {}
+    for figures in FIGURES.values():
+        for _, key in HEADLINE:
+            if key in figures:
+                value = figures[key]
+                totals[key] = max(totals.get(key, 0), value) if key.startswith("max_") else totals.get(key, 0) + value
+    return totals
+
+
+def _markdown(data: dict[str, Any]) -> str:
+    totals = data["totals"]
+    lines = [
+        "# Resilience report",
+        "",
+        f"`make resilience` ({data['mode']} sizes) on {data['host']}, {data['date']}; "
+        f"{data['passed']} passed, {data['failed']} failed, {data['skipped']} skipped in {data['seconds']:.0f} s.",
+        "",
+        "| figure | value |",
+        "|---|---:|",
+    ]
+    lines += [f"| {label} | {totals[key]} |" for label, key in HEADLINE if key in totals]
+    lines += ["", "## Per test", "", "| test | outcome | s | figures |", "|---|---|---:|---|"]
+    for nodeid in sorted(set(data["outcomes"]) | set(data["figures"])):
+        outcome = data["outcomes"].get(nodeid, {})
+        figs = ", ".join(f"{k}={v}" for k, v in data["figures"].get(nodeid, {}).items())
+        lines.append(f"| `{nodeid}` | {outcome.get('outcome', '?')} | {outcome.get('seconds', '')} | {figs} |")
+    return "\n".join(lines) + "\n"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    target = os.environ.get(REPORT_ENV)
+    if not target:
+        return
+    outcomes = [o["outcome"] for o in OUTCOMES.values()]
+    data = {
+        "mode": "full" if FULL else "fast",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "host": f"{platform.machine()}, {os.cpu_count()} cores",
+        "seconds": round(time.time() - _STARTED, 1),
+        "passed": outcomes.count("passed"),
+        "failed": outcomes.count("failed"),
+        "skipped": outcomes.count("skipped"),
+        "totals": _totals(),
+        "figures": FIGURES,
+        "outcomes": OUTCOMES,
+    }
+    path = Path(target)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.with_suffix(".md").write_text(_markdown(data))
