@@ -379,16 +379,26 @@ class Runtime:
         self.kicks: dict[Key, asyncio.Event] = {}
         self.memories: dict[Key, JobMemory] = {}
         self.phases = metrics.PhaseBook()
+        self.job_series = metrics.JOB_SERIES
         self.metrics_server = metrics_server
         self.reconciles = 0
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.job_series.clear()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
             self.metrics_server = None
         self.kube.close()
+
+    def publish(self, key: Key, memory: JobMemory) -> None:
+        """The job's series (`ganops_operator_job_phase`, restarts, budget, cost, promotions, quality) from the
+        status this reconcile wrote."""
+        if memory.status is None:
+            return
+        self.job_series.set(metrics.job_series(key[0], key[1], memory.spec, memory.status,
+                                               self.controller.policy.price_table))
 
     # -------------------------------------------------------------------------------------------- kicks
     def kick(self, key: Key) -> None:
@@ -452,6 +462,7 @@ class Runtime:
                 self.phases.set(key, outcome.phase)
                 if outcome.gone:
                     break
+                self.publish(key, memory)
                 idle = self.config.resync_seconds * (IDLE_FACTOR if outcome.phase in decide.FINISHED else 1)
                 delay = idle if outcome.requeue_after is None else min(outcome.requeue_after, idle)
         finally:
@@ -459,6 +470,7 @@ class Runtime:
                 del self.kicks[key]
                 self.memories.pop(key, None)
                 self.phases.forget(key)
+                self.job_series.forget(key)
 
 
 def snapshot(body: Any, jobs_index: Any, pods_index: Any) -> Snapshot:

@@ -13,6 +13,9 @@ rejected it; `"true"` applies the gates like auto-promotion.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from ganops.api.spec import GanTrainingJobSpec
 from ganops.operator.status import PromotionResult
 
@@ -33,12 +36,15 @@ def promote_job(
     try:
         result = promotion.promote(spec, checkpoint_root, tracking_uri, namespace=namespace, job=name, render=False)
         if result.promoted:
-            return PromotionResult("promoted", model, alias, result.version, result.decision.describe())
+            return PromotionResult("promoted", model, alias, result.version, result.decision.describe(),
+                                   metrics=dict(result.metrics))
         if force:
             tracking.set_alias(tracking_uri, model, alias, result.version)
             return PromotionResult("promoted", model, alias, result.version,
-                                   f"forced past the gates ({result.decision.describe()})")
-        return PromotionResult("rejected", model, alias, result.version, "; ".join(result.decision.failures))
+                                   f"forced past the gates ({result.decision.describe()})",
+                                   metrics=dict(result.metrics))
+        return PromotionResult("rejected", model, alias, result.version, "; ".join(result.decision.failures),
+                               metrics=dict(result.metrics))
     except tracking.TrackingUnavailable as exc:
         return PromotionResult("unavailable", model, alias, message=str(exc))
     except (tracking.TrackingError, promotion.PromotionError) as exc:
@@ -59,4 +65,20 @@ def rollback(tracking_uri: str, *, model_name: str, alias: str, version: str) ->
         return PromotionResult("rollback_unavailable", model_name, alias, message=str(exc))
     except tracking.TrackingError as exc:
         return PromotionResult("rollback_failed", model_name, alias, message=str(exc))
-    return PromotionResult("rolled_back", model_name, alias, info.version)
+    return PromotionResult("rolled_back", model_name, alias, info.version, metrics=version_metrics(info.tags))
+
+
+def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """The evaluation metrics promotion recorded on a model version (tags `ganops.metric.<name>` = repr(value))."""
+    from ganops.promotion import METRIC_TAG_PREFIX
+
+    out = {}
+    for key, raw in tags.items():
+        if key.startswith(METRIC_TAG_PREFIX):
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if math.isfinite(value):
+                out[key[len(METRIC_TAG_PREFIX):]] = value
+    return out

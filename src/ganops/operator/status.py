@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from ganops.api.spec import GanTrainingJobSpec
 from ganops.operator import budget, faults
-from ganops.operator.observe import JobView, PodView, Record, format_time, parse_time
+from ganops.operator.observe import HealthEvent, JobView, PodView, Record, format_time, parse_time
 
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded")
 FINISHED = ("Succeeded", "Failed", "BudgetExceeded")
@@ -219,18 +219,37 @@ class _Status:
 # ------------------------------------------------------------------------------------------------ latest.json
 
 
-_HEALTH_KINDS = (("collapse", "ModeCollapseSuspected"), ("diverg", "DivergenceRollback"),
-                 ("rollback", "DivergenceRollback"))
+# The trainer's event types (`ganops.trainer.health`: COLLAPSE, D_OVERPOWERING, ROLLBACK, DIVERGED) are the
+# condition types; older or hand-written spellings are matched loosely.
+HEALTH_CONDITIONS = ("ModeCollapseSuspected", "DiscriminatorOverpowering", "DivergenceRollback", "Diverged")
+_HEALTH_KINDS = (("collapse", "ModeCollapseSuspected"), ("overpower", "DiscriminatorOverpowering"),
+                 ("rollback", "DivergenceRollback"), ("diverged", "Diverged"), ("diverg", "DivergenceRollback"))
 
 
 def health_condition_type(event_type: str) -> str | None:
-    """`mode_collapse`, `ModeCollapseSuspected`, `modeCollapse` → ModeCollapseSuspected; `divergence`,
-    `rollback`, `DivergenceRollback` → DivergenceRollback; anything else → None."""
+    """The condition a trainer health event sets: the trainer's own types map to themselves; `mode_collapse`,
+    `modeCollapse` → ModeCollapseSuspected; `divergence`, `rollback` → DivergenceRollback; `diverged` → Diverged
+    (training gave up: not a rollback); `d_overpowering` → DiscriminatorOverpowering; anything else → None."""
+    if event_type in HEALTH_CONDITIONS:
+        return event_type
     squashed = re.sub(r"[^a-z]", "", event_type.lower())
     for needle, condition in _HEALTH_KINDS:
         if needle in squashed:
             return condition
     return None
+
+
+def _health_condition(st: _Status, type_: str, message: str) -> None:
+    """Set a trainer-health condition; one Warning Event whenever its message or status changes."""
+    before = get_condition(st.data, type_)
+    st.condition(type_, True, "TrainerHealthCheck", message)
+    if before is None or before.get("message") != message or before.get("status") != "True":
+        st.event("Warning", type_, message)
+
+
+def _describe(event: HealthEvent, what: str) -> str:
+    where = f"at step {event.step}" if event.step is not None else "during training"
+    return f"{what} {where}" + (f": {event.message}" if event.message else "")
 
 
 def _apply_record(st: _Status, record: Record) -> None:
@@ -252,17 +271,21 @@ def _apply_record(st: _Status, record: Record) -> None:
         st.data["metrics"] = dict(record.metrics)
     if record.mlflow_run_id:
         st.data["mlflowRunId"] = record.mlflow_run_id
-    # Health events of the trainer become conditions (and one Warning Event each time they change).
-    collapse = [e for e in record.health_events if health_condition_type(e.type) == "ModeCollapseSuspected"]
-    if collapse:
-        last_event = collapse[-1]
-        where = f"at step {last_event.step}" if last_event.step is not None else "during training"
-        message = f"mode collapse suspected {where}" + (f": {last_event.message}" if last_event.message else "")
-        before = get_condition(st.data, "ModeCollapseSuspected")
-        st.condition("ModeCollapseSuspected", True, "TrainerHealthCheck", message)
-        if before is None or before.get("message") != message or before.get("status") != "True":
-            st.event("Warning", "ModeCollapseSuspected", message)
-    divergence = [e for e in record.health_events if health_condition_type(e.type) == "DivergenceRollback"]
+    # Health events of the trainer (latest.json `health`: the last events and the rollback count, see
+    # `ganops.trainer.health.HealthRecord.checkpoint_info`) become conditions, with one Warning Event per change.
+    by_type: dict[str, list[HealthEvent]] = {}
+    for health_event in record.health_events:
+        kind = health_condition_type(health_event.type)
+        if kind is not None:
+            by_type.setdefault(kind, []).append(health_event)
+    if "ModeCollapseSuspected" in by_type:
+        _health_condition(st, "ModeCollapseSuspected", _describe(by_type["ModeCollapseSuspected"][-1],
+                                                                 "mode collapse suspected"))
+    if "DiscriminatorOverpowering" in by_type:
+        _health_condition(st, "DiscriminatorOverpowering", _describe(by_type["DiscriminatorOverpowering"][-1],
+                                                                     "discriminator overpowering"))
+    divergence = by_type.get("DivergenceRollback", [])
+    # The trainer's count is authoritative (it keeps only the last events); counting events is the fallback.
     rollbacks = max(record.rollbacks, len(divergence))
     if rollbacks:
         where = ""
@@ -270,11 +293,9 @@ def _apply_record(st: _Status, record: Record) -> None:
             last_event = divergence[-1]
             where = f", last at step {last_event.step}" if last_event.step is not None else ""
             where += f": {last_event.message}" if last_event.message else ""
-        message = f"{rollbacks} divergence rollback(s){where}"
-        before = get_condition(st.data, "DivergenceRollback")
-        st.condition("DivergenceRollback", True, "TrainerHealthCheck", message)
-        if before is None or before.get("message") != message or before.get("status") != "True":
-            st.event("Warning", "DivergenceRollback", message)
+        _health_condition(st, "DivergenceRollback", f"{rollbacks} divergence rollback(s){where}")
+    if "Diverged" in by_type:
+        _health_condition(st, "Diverged", _describe(by_type["Diverged"][-1], "training diverged"))
 
 
 # ------------------------------------------------------------------------------------------------ reconcile
@@ -628,6 +649,24 @@ class PromotionResult:
     alias: str
     version: str | None = None
     message: str = ""  # promoted: the gate decision; rejected: the failed gates; otherwise: what went wrong
+    metrics: Mapping[str, float] = field(default_factory=dict)  # recorded on the version (promoted, rolled back)
+
+
+def _count_promotion(st: _Status, outcome: str) -> None:
+    """`status.promotions` counts decisions by outcome (the operator's promotions counter reads it)."""
+    raw = st.get("promotions")
+    counts = {key: int(raw.get(key) or 0) for key in ("promoted", "rejected")} if isinstance(raw, Mapping) else {
+        "promoted": 0, "rejected": 0}
+    counts[outcome] += 1
+    st.data["promotions"] = counts
+
+
+def _set_promoted(st: _Status, version: str | None, metrics: Mapping[str, float]) -> None:
+    st.data["promotedVersion"] = version
+    if metrics:
+        st.data["promotedMetrics"] = dict(metrics)
+    else:
+        st.data.pop("promotedMetrics", None)  # unknown for this version: never show another version's figures
 
 
 def apply_promotion(status: Mapping[str, Any], result: PromotionResult, now: dt.datetime) -> tuple[dict[str, Any],
@@ -639,19 +678,21 @@ def apply_promotion(status: Mapping[str, Any], result: PromotionResult, now: dt.
         message = f"{target} → version {result.version}" + (f" ({result.message})" if result.message else "")
         st.condition("Promoted", True, "Promoted", message)
         st.condition_off("PromotionRejected", "Promoted", "")
-        st.data["promotedVersion"] = result.version
+        _set_promoted(st, result.version, result.metrics)
+        _count_promotion(st, "promoted")
         st.data.pop("promotionAttemptedAt", None)
         st.event("Normal", "Promoted", message)
     elif result.kind == "rejected":
         message = f"{target} not moved: {result.message} (registered as rejected version {result.version})"
         st.condition("PromotionRejected", True, "GateFailed", message)
         st.condition("Promoted", False, "GateFailed", message)
+        _count_promotion(st, "rejected")
         st.data.pop("promotionAttemptedAt", None)
         st.event("Warning", "PromotionRejected", message)
     elif result.kind == "rolled_back":
         message = f"{target} rolled back to version {result.version}"
         st.condition("Promoted", True, "RolledBack", message)
-        st.data["promotedVersion"] = result.version
+        _set_promoted(st, result.version, result.metrics)
         st.event("Normal", "RolledBack", message)
     elif result.kind == "unavailable":
         message = f"{target} not moved yet: {result.message}; retrying"
