@@ -131,6 +131,13 @@ def test_swaps_keep_old_deployments_intact_and_do_not_reload_unchanged_versions(
     assert store.route(1).model is held.model and loader.loaded == ["1", "2"]
 
 
+def test_failure_counters_exist_at_zero_before_the_first_failure() -> None:
+    store, _, _, metrics = make_store()
+    for name in ("ganops_model_load_failures_total", "ganops_model_store_errors_total"):
+        assert metrics.registry.get_sample_value(name, {"model": "m"}) == 0.0, name  # not None: the series exists
+    assert store.model_name == "m"
+
+
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving() -> None:
     store, resolver, loader, metrics = make_store()
     resolver.primary = ref("1")

@@ -425,6 +425,9 @@ class ModelStore:
         self.loader = loader
         self.metrics = metrics
         self.model_name = model_name
+        # Born at 0 (METRICS.md): increase() cannot see the first failure of a series that starts at 1.
+        metrics.load_failures.labels(model_name)
+        metrics.store_errors.labels(model_name)
         self.poll_interval_s = poll_interval_s
         self.canary_percent = canary_percent
         self.on_change = on_change
