@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps demo test lint bench manifests clean
+.PHONY: install system-deps demo test lint bench manifests chart images clean
 
 install: $(STAMP)
 
@@ -49,8 +49,33 @@ bench: install
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.toy_modes
 
+# The CRD from the pydantic model, then everything generated from the chart (scripts/chart.py): the chart's copy
+# of the CRD, values.schema.json from values.yaml, and manifests/{operator,serving,monitoring} + kustomization.yaml.
 manifests: install
 	$(VENV)/bin/ganops crd -o manifests/crd/ganops.io_gantrainingjobs.yaml
+	$(PY) -m scripts.chart
+
+# The Helm chart's checks (lint, render, validate, security, drift) through the real Helm engine (helm-python-sdk).
+chart: install
+	$(PY) -m scripts.chart --check
+	$(PY) -m pytest -q tests/unit/test_chart*.py
+
+# operator/, trainer/ and serving/ images, built where a Docker engine answers; elsewhere it says why and skips.
+IMAGE_REGISTRY ?= ghcr.io/ganops
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGES ?= operator trainer serving
+images:
+	@if ! command -v docker >/dev/null 2>&1; then \
+	  echo "images: skipped: no docker command on this machine (the Dockerfiles are checked by tests/unit/test_chart_images.py)"; \
+	elif ! docker info >/dev/null 2>&1; then \
+	  echo "images: skipped: 'docker info' failed: no Docker engine reachable"; \
+	else \
+	  set -e; for image in $(IMAGES); do \
+	    docker build -f $$image/Dockerfile -t $(IMAGE_REGISTRY)/$$image:$(IMAGE_TAG) \
+	      --build-arg VERSION=$(IMAGE_TAG) --build-arg REVISION=$$(git rev-parse HEAD) \
+	      --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) . ; \
+	  done; \
+	fi
 
 clean:
 	rm -rf .ganops reports/*.tmp
