@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import tarfile
 from pathlib import Path
 
+import helm_python
 import pytest
 import yaml
 from dashboards import synthetic
@@ -128,3 +130,28 @@ def test_trainer_podmonitor_matches_the_operators_pods() -> None:
     assert watched["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     source = Path(children.__file__).read_text()
     assert '"name": "metrics"' in source  # the trainer container's port name the PodMonitor scrapes
+
+
+def test_the_packaged_chart_carries_the_files_not_the_links(tmp_path: Path) -> None:
+    """`helm package` (what a chart repository serves) resolves the links: the archive holds the files, and it
+    renders exactly what the chart directory renders."""
+    archive = helm_python.package(chart.CHART, destination=tmp_path)
+    with tarfile.open(archive) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+        for path in [*sorted(GRAFANA.glob("*.json")), RULES]:
+            rel = "ganops/files/" + path.relative_to(ROOT / "dashboards").as_posix()
+            assert members[rel].isfile(), rel
+            extracted = tar.extractfile(members[rel])
+            assert extracted is not None and extracted.read() == path.read_bytes()
+    with helm_python.Chart.load(archive) as packaged, helm_python.Chart.load(chart.CHART) as directory:
+        values = {"monitoring": {"forceEnable": True}}
+        assert packaged.render(values, name="ganops") == directory.render(values, name="ganops")
+
+
+def test_notes_tell_how_to_submit_a_job_and_find_the_dashboards() -> None:
+    notes = render(api_versions=("monitoring.coreos.com/v1",))["ganops/templates/NOTES.txt"]
+    assert "kubectl -n <ns> apply -f manifests/examples/digits.yaml" in notes
+    assert "kubectl -n <ns> create secret generic ganops-s3" in notes
+    assert "grafana_dashboard=1" in notes and '"GANops" folder' in notes
+    assert "port-forward svc/ganops-serving" in notes
+    assert "not served" not in notes

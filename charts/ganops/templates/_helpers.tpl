@@ -172,7 +172,7 @@ ganops.operator.namespacedRules: what the operator may do in a namespace it watc
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["create"]
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
