@@ -41,6 +41,7 @@ class FaultPlan:
     path_contains: str = ""
     kinds: tuple[str, ...] = ("500", "503", "drop")
     seed: int = 0
+    first: int = 0  # the first N matching requests always fail (so a short phase surely sees faults)
     rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -51,10 +52,19 @@ class FaultPlan:
             return None
         if self.path_contains and self.path_contains not in path:
             return None
-        if self.rng.random() >= self.rate:
+        if self.first > 0:
+            self.first -= 1
+        elif self.rng.random() >= self.rate:
             return None
         kinds = [k for k in self.kinds if k != "truncate" or method == "GET"] or ["503"]
         return self.rng.choice(kinds)
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        return  # a dropped or cut connection is the point, not news
 
 
 class FaultProxy:
@@ -92,6 +102,7 @@ class FaultProxy:
                 with proxy._lock:
                     fault = proxy.plan.pick(self.command, self.path)
                     proxy.counts["requests"] += 1
+                    proxy.counts[f"method:{self.command}"] += 1
                     proxy.counts[f"fault:{fault}" if fault else "forwarded"] += 1
                 if fault in S3_ERRORS:
                     status, code, message = S3_ERRORS[fault]
@@ -116,10 +127,12 @@ class FaultProxy:
                     response = upstream.getresponse()
                     data = response.read()
                     self.send_response(response.status, response.reason)
+                    head = self.command == "HEAD"  # no body: the upstream's Content-Length is the object's size
                     for key, value in response.getheaders():
-                        if key.lower() not in _HOP and key.lower() != "content-length":
+                        if key.lower() not in _HOP and (head or key.lower() != "content-length"):
                             self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(data)))
+                    if not head:
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     if fault == "truncate" and len(data) > 1:
                         self.wfile.write(data[: len(data) // 2])
@@ -134,7 +147,7 @@ class FaultProxy:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # noqa: N815 - http.server's names
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
+        self._server = _QuietServer((host, 0), Handler)
         self._server.daemon_threads = True
         self.url = f"http://{host}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
