@@ -288,3 +288,15 @@ def test_serving_accepts_its_rendered_settings(name: str, tmp_path: Path, monkey
         assert settings.batching.max_batch_size == 32 and settings.safety.mode == "replace"
         assert settings.safety.watermark_key_file == "/secrets/watermark/key"
         assert settings.safety.audit_uri == "s3://ganops-audit/faces"
+
+
+@pytest.mark.parametrize("version", ["1.30.0", kubernetes_validate.latest_version()])
+def test_objects_also_validate_at_the_supported_bounds(version: str) -> None:
+    """The pinned version is chart.KUBE_VERSION; Chart.yaml's kubeVersion floor (1.30) and the newest schemas
+    kubernetes-validate ships must accept the same objects (nothing removed, nothing too new)."""
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"] == ">=1.30.0-0"
+    unique = {json.dumps(obj, sort_keys=True): obj for name in VALUE_SETS for obj in render_set(name)}
+    for obj in unique.values():  # each distinct object once: most are the same in every values set
+        if obj["kind"] in MONITORING_KINDS or obj["apiVersion"].startswith("kopf.dev/"):
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
