@@ -17,19 +17,23 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from ganops import __version__
 from ganops.serving.auth import ApiKeyStore, TokenBuckets
 from ganops.serving.batching import DirectGenerator, Generator, MicroBatcher
 from ganops.serving.dependencies import Services
 from ganops.serving.errors import install_error_handlers
+from ganops.serving.generation import postprocess_many
 from ganops.serving.metrics import ServingMetrics
 from ganops.serving.middleware import ServingMiddleware
 from ganops.serving.model_store import (
     CheckpointResolver,
+    LoadedModel,
     ModelLoader,
     ModelRef,
     ModelStore,
@@ -129,14 +133,19 @@ def create_app(
         canary_percent=settings.canary.percent if settings.canary.alias else 0.0,
     )
     batching = settings.batching
+
+    def finish(model: LoadedModel, out: np.ndarray, jobs: Sequence[Any]) -> Sequence[Any]:
+        return postprocess_many(model, out, jobs, metrics)
+
     generator: Generator
     if batching.enabled:
         generator = MicroBatcher(
             metrics, max_batch_size=batching.max_batch_size, max_wait_ms=batching.max_wait_ms,
-            max_queue=batching.max_queue,
+            max_queue=batching.max_queue, finish=finish,
         )
     else:
-        generator = DirectGenerator(metrics, max_queue=batching.max_queue)
+        generator = DirectGenerator(metrics, max_queue=batching.max_queue, finish=finish,
+                                    finish_threads=batching.postprocess_threads)
     keys = ApiKeyStore(
         file=settings.api_keys_file,
         inline=settings.api_keys.get_secret_value() if settings.api_keys is not None else None,
@@ -161,7 +170,10 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if settings.torch_threads is not None:
             torch.set_num_threads(settings.torch_threads)
-        services.post_executor = ThreadPoolExecutor(batching.postprocess_threads, thread_name_prefix="ganops-post")
+        # numpy's OpenBLAS would start its own threads for the safety filters' small matrix products: on a
+        # loaded machine they spin and cost ~10x the work itself. The generator has the cores.
+        threadpool_limits(limits=1, user_api="blas")
+        services.post_executor = ThreadPoolExecutor(2, thread_name_prefix="ganops-verify")
         await generator.start()
         store.start()
         services.started = True

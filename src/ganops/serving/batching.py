@@ -4,7 +4,9 @@
 which the API answers with 503 + Retry-After). One asyncio task takes the oldest waiting request, waits up to
 ``max_wait_ms`` (measured from when that request arrived) for more samples of the same model version, concatenates
 up to ``max_batch_size`` samples and runs the forward pass in a single dedicated thread under
-``torch.inference_mode``. While a pass runs, new requests queue up and form the next batch. Labels travel per
+``torch.inference_mode``, followed in the same thread by ``finish``: the server's post-processing (safety filters,
+watermark, encoding, base64) done once for the whole batch, vectorised across its requests, so the event loop only
+parses requests and writes answers. While a batch runs, new requests queue up and form the next batch. Labels travel per
 sample, so conditional requests for different classes share a pass; versions never mix (a hot swap leaves queued
 requests for the old version to finish on it). A request larger than ``max_batch_size`` runs alone.
 
@@ -13,7 +15,7 @@ neighbours (eval mode: batch norm uses running statistics) up to float rounding 
 encoding to ``uint8`` in every case measured (tests compare PNG bytes across batch compositions).
 
 :class:`DirectGenerator` is the naive baseline with the same interface: one request, one forward pass, in a thread
-pool (what a plain FastAPI handler does).
+pool (what a plain FastAPI handler does), then ``finish`` for that request alone in a small post-processing pool.
 """
 
 from __future__ import annotations
@@ -23,10 +25,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio.to_thread
 import numpy as np
@@ -51,7 +53,7 @@ class ShuttingDown(RuntimeError):
 class Generator(Protocol):
     async def start(self) -> None: ...
 
-    async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray: ...
+    async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None, job: Any = None) -> Any: ...
 
     async def close(self, timeout: float = 30.0) -> None: ...
 
@@ -64,7 +66,8 @@ class _Item:
     model: LoadedModel
     z: torch.Tensor
     y: torch.Tensor | None
-    future: asyncio.Future[np.ndarray]
+    job: Any
+    future: asyncio.Future[Any]
     enqueued: float = field(default_factory=time.perf_counter)
 
     @property
@@ -73,10 +76,21 @@ class _Item:
 
 
 Forward = Callable[[LoadedModel, torch.Tensor, torch.Tensor | None], np.ndarray]
+# (model, the batch's output, one job per request in order) → one result (or exception) per request
+Finish = Callable[[LoadedModel, np.ndarray, Sequence[Any]], Sequence[Any]]
 
 
 def _forward(model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
     return model.forward(z, y)
+
+
+def split_rows(model: LoadedModel, out: np.ndarray, jobs: Sequence[Any]) -> list[Any]:
+    """The default ``finish``: each request gets its rows of the output (jobs are their sample counts)."""
+    parts, offset = [], 0
+    for n in jobs:
+        parts.append(out[offset : offset + n])
+        offset += n
+    return parts
 
 
 class MicroBatcher:
@@ -88,8 +102,10 @@ class MicroBatcher:
         max_wait_ms: float = 2.0,
         max_queue: int = 256,
         forward: Forward = _forward,
+        finish: Finish | None = None,
     ) -> None:
         self.metrics = metrics
+        self.finish = finish
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -112,12 +128,13 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganops-generate")
         self._task = asyncio.create_task(self._loop(), name="ganops-batcher")
 
-    async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
+    async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None, job: Any = None) -> Any:
+        """This request's result: ``finish``'s answer for ``job`` (without ``finish``: its rows of the output)."""
         if self._closing or self._wake is None:
             raise ShuttingDown("the server is shutting down")
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are waiting for the generator")
-        item = _Item(model, z, y, asyncio.get_running_loop().create_future())
+        item = _Item(model, z, y, job, asyncio.get_running_loop().create_future())
         self._pending.append(item)
         self.metrics.queue_depth.set(len(self._pending))
         self._wake.set()
@@ -196,6 +213,17 @@ class MicroBatcher:
         self.metrics.queue_depth.set(len(keep))
         return batch
 
+    def _work(
+        self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None, jobs: list[Any]
+    ) -> tuple[Sequence[Any], float]:
+        """In the worker thread: the forward pass, then ``finish`` for the whole batch; (results, forward seconds)."""
+        start = time.perf_counter()
+        out = self.forward(model, z, y)
+        forward_s = time.perf_counter() - start
+        if self.finish is None:
+            return split_rows(model, out, [int(job) for job in jobs]), forward_s
+        return self.finish(model, out, jobs), forward_s
+
     async def _run(self, batch: list[_Item]) -> None:
         model = batch[0].model
         start = time.perf_counter()
@@ -205,32 +233,48 @@ class MicroBatcher:
         y: torch.Tensor | None = None
         if batch[0].y is not None:
             y = torch.cat([item.y for item in batch if item.y is not None]) if len(batch) > 1 else batch[0].y
+        jobs = [item.job if self.finish is not None else item.n for item in batch]
         loop = asyncio.get_running_loop()
         try:
-            out = await loop.run_in_executor(self._executor, self.forward, model, z, y)
+            results, forward_s = await loop.run_in_executor(self._executor, self._work, model, z, y, jobs)
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for a batch of {len(batch)} requests")
         except Exception as exc:
-            logger.exception("forward pass of %s failed for a batch of %d samples", model.model_id, int(z.shape[0]))
+            logger.exception("generation of %s failed for a batch of %d samples", model.model_id, int(z.shape[0]))
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        self.metrics.stage_duration.labels("generate").observe(time.perf_counter() - start)
+        self.metrics.stage_duration.labels("generate").observe(forward_s)
         self.metrics.batch_size.observe(int(z.shape[0]))
-        offset = 0
-        for item in batch:
-            part = out[offset : offset + item.n]
-            offset += item.n
-            if not item.future.done():
-                item.future.set_result(part)
+        for item, result in zip(batch, results, strict=True):
+            if item.future.done():
+                continue
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
 
 
 class DirectGenerator:
-    """No batching: every request runs its own forward pass in anyio's thread pool (the naive server)."""
+    """No batching: every request runs its own forward pass in anyio's thread pool (the naive server), then
+    ``finish`` for that one request in a pool of ``finish_threads`` threads."""
 
-    def __init__(self, metrics: ServingMetrics, *, max_queue: int = 256, forward: Forward = _forward) -> None:
+    def __init__(
+        self,
+        metrics: ServingMetrics,
+        *,
+        max_queue: int = 256,
+        forward: Forward = _forward,
+        finish: Finish | None = None,
+        finish_threads: int = 2,
+    ) -> None:
         self.metrics = metrics
         self.max_queue = max_queue
         self.forward = forward
+        self.finish = finish
+        self.finish_threads = finish_threads
+        self._executor: ThreadPoolExecutor | None = None
         self._inflight = 0
         self._closing = False
 
@@ -239,9 +283,10 @@ class DirectGenerator:
         return self._inflight
 
     async def start(self) -> None:
-        return None
+        if self.finish is not None:
+            self._executor = ThreadPoolExecutor(self.finish_threads, thread_name_prefix="ganops-post")
 
-    async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
+    async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None, job: Any = None) -> Any:
         if self._closing:
             raise ShuttingDown("the server is shutting down")
         if self._inflight >= self.max_queue:
@@ -253,7 +298,15 @@ class DirectGenerator:
             out = await anyio.to_thread.run_sync(self.forward, model, z, y)
             self.metrics.stage_duration.labels("generate").observe(time.perf_counter() - start)
             self.metrics.batch_size.observe(int(z.shape[0]))
-            return out
+            if self.finish is None:
+                return out
+            finish = self.finish
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._executor, lambda: finish(model, out, [job]))
+            result = results[0]
+            if isinstance(result, BaseException):
+                raise result
+            return result
         finally:
             self._inflight -= 1
             self.metrics.queue_depth.set(self._inflight)
@@ -263,3 +316,5 @@ class DirectGenerator:
         deadline = time.monotonic() + timeout
         while self._inflight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

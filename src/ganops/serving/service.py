@@ -1,6 +1,7 @@
 """The data plane both faces of the API share (``/v1/generate`` and the Open Inference Protocol's ``infer``):
 route a seed to a deployment, check the request against the model and the policy, queue it for a forward pass,
-then run safety, watermark and encoding in a worker thread — all within the request timeout."""
+the generator runs safety, watermark and encoding after it (for a whole micro-batch at once when batching) — all
+within the request timeout."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ganops.serving.auth import Principal
 from ganops.serving.batching import QueueFull, ShuttingDown
 from ganops.serving.dependencies import Services
 from ganops.serving.errors import ApiError
-from ganops.serving.generation import Format, GenerationOutput, postprocess
+from ganops.serving.generation import Format, GenerationOutput, PostJob
 from ganops.serving.model_store import Deployment, NotReady
 from ganops.serving.safety import RequestContext, check_request
 
@@ -97,17 +98,10 @@ async def run_generation(
     labels = None if y is None else [int(v) for v in y]
     context = RequestContext(request_id, model.name, model.version, job.label, principal.key_id)
     settings = services.settings
-    loop = asyncio.get_running_loop()
+    post = PostJob(job.n, labels, context, job.format, job.grid, settings.jpeg_quality, settings.png_compress_level)
     try:
         async with asyncio.timeout(settings.limits.request_timeout_s):
-            raw = await services.generator.submit(model, z, y)
-            output = await loop.run_in_executor(
-                services.post_executor,
-                lambda: postprocess(
-                    model, raw, labels, context, job.format, job.grid, services.metrics,
-                    jpeg_quality=settings.jpeg_quality,
-                ),
-            )
+            output: GenerationOutput = await services.generator.submit(model, z, y, post)
     except QueueFull:
         raise _unavailable(services, "queue_full", "the server is busy (queue full); retry shortly") from None
     except ShuttingDown:

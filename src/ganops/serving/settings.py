@@ -67,7 +67,10 @@ class BatchingSettings(_Section):
     max_batch_size: int = Field(64, ge=1, le=4096, description="Samples per forward pass (bigger requests run alone).")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="How long the first request waits for company.")
     max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for the generator; more → 503.")
-    postprocess_threads: int = Field(2, ge=1, le=64, description="Threads for safety filters, watermark, encoding.")
+    postprocess_threads: int = Field(
+        2, ge=1, le=64, description="Without batching: threads for safety filters, watermark, encoding (batching "
+        "does them in its one worker thread, vectorised over the batch)."
+    )
 
 
 class LimitSettings(_Section):
@@ -199,6 +202,9 @@ class ServingSettings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     jpeg_quality: int = Field(95, ge=1, le=100)
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="zlib level of PNG output: 1 is ~10x faster than 6 and ~10 % larger."
+    )
 
     # --- security
     api_keys_file: Path | None = Field(None, description="Lines '<key-id>:<sha256-hex of the key>' (a Secret mount).")

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request, Response
 
 from ganops.serving.dependencies import PrincipalDep, ServicesDep
 from ganops.serving.errors import responses
-from ganops.serving.generation import b64
 from ganops.serving.schemas import GenerateRequest, GenerateResponse, GridOut, SampleOut, VerdictOut
 from ganops.serving.service import GenerationJob, run_generation
 
@@ -35,7 +34,7 @@ async def generate(body: GenerateRequest, request: Request, services: ServicesDe
             replaced=item.decision.replaced,
             blocked_by=item.decision.blocked_by,
             reason=item.decision.reason or None,
-            data=b64(item.data),
+            data=item.data_b64,
             point=item.point,
             verdicts=[VerdictOut(filter=v.filter, outcome=v.outcome, reason=v.reason, score=v.score)
                       for v in item.decision.verdicts],
@@ -45,7 +44,7 @@ async def generate(body: GenerateRequest, request: Request, services: ServicesDe
     grid = None
     if output.grid is not None:
         count = sum(1 for s in output.samples if s.decision.output is not None)
-        grid = GridOut(data=b64(output.grid) or "", media_type=output.media_type, count=count)
+        grid = GridOut(data=output.grid_b64 or "", media_type=output.media_type, count=count)
     response = GenerateResponse(
         request_id=request_id,
         model=deployment.model.name,

@@ -291,3 +291,13 @@ class MemorizationFilter:
             else:
                 verdicts.append(Verdict(self.name, "pass", "", d))
         return verdicts
+
+    def check_groups(self, groups: list[list[Sample]], contexts: list[RequestContext]) -> list[list[Verdict]]:
+        """Several requests' samples in one pass (verdicts do not depend on the other samples); one list each."""
+        flat = self.check([s for group in groups for s in group], contexts[0])
+        out: list[list[Verdict]] = []
+        start = 0
+        for group in groups:
+            out.append(flat[start : start + len(group)])
+            start += len(group)
+        return out

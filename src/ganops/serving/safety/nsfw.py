@@ -223,3 +223,13 @@ class NsfwFilter:
             blocked, reason, score = self.policy.judge(by_index[id(sample)])
             verdicts.append(Verdict(self.name, "block" if blocked else "pass", reason, score))
         return verdicts
+
+    def check_groups(self, groups: list[list[Sample]], contexts: list[RequestContext]) -> list[list[Verdict]]:
+        """Several requests' samples in one pass (verdicts do not depend on the other samples); one list each."""
+        flat = self.check([s for group in groups for s in group], contexts[0])
+        out: list[list[Verdict]] = []
+        start = 0
+        for group in groups:
+            out.append(flat[start : start + len(group)])
+            start += len(group)
+        return out

@@ -100,32 +100,77 @@ class SafetyPipeline:
         return self.run(samples, context)
 
     def run(self, samples: list[Sample], context: RequestContext) -> list[SampleDecision]:
-        verdicts: dict[int, list[Verdict]] = {pos: [] for pos in range(len(samples))}
-        blocked: dict[int, Verdict] = {}
-        for flt in self.filters:
-            positions = [pos for pos in range(len(samples)) if pos not in blocked]
-            if not positions:
-                break
-            for pos, verdict in zip(positions, self._check(flt, [samples[p] for p in positions], context), strict=True):
-                verdicts[pos].append(verdict)
-                self._count(verdict)
-                if verdict.blocks:
-                    blocked[pos] = verdict
+        return self.run_many([(samples, context)])[0]
 
-        decisions = [self._decide(pos, sample, verdicts[pos], blocked.get(pos)) for pos, sample in enumerate(samples)]
-        if blocked:
-            self._audit(samples, decisions, context)
-        return decisions
+    def run_many(self, groups: Sequence[tuple[list[Sample], RequestContext]]) -> list[list[SampleDecision]]:
+        """Decisions for several requests' samples at once (a micro-batch), one list per request, in order.
+
+        Each filter sees every request's still-unblocked samples in one call when it has ``check_groups``
+        (vectorised across the batch; per-request checks such as near-duplicates stay within a request), else one
+        ``check`` per request. Verdicts, audit records and counts are the same as running each request alone.
+        """
+        verdicts: list[list[list[Verdict]]] = [[[] for _ in samples] for samples, _ in groups]
+        blocked: list[dict[int, Verdict]] = [{} for _ in groups]
+        contexts = [context for _, context in groups]
+        for flt in self.filters:
+            positions = [
+                [pos for pos in range(len(samples)) if pos not in blocked[g]] for g, (samples, _) in enumerate(groups)
+            ]
+            if not any(positions):
+                break
+            batches = [[groups[g][0][p] for p in pos] for g, pos in enumerate(positions)]
+            results = self._check_groups(flt, batches, contexts)
+            for g, (pos_list, result) in enumerate(zip(positions, results, strict=True)):
+                for pos, verdict in zip(pos_list, result, strict=True):
+                    verdicts[g][pos].append(verdict)
+                    self._count(verdict)
+                    if verdict.blocks:
+                        blocked[g][pos] = verdict
+
+        out: list[list[SampleDecision]] = []
+        for g, (samples, context) in enumerate(groups):
+            decisions = [
+                self._decide(pos, sample, verdicts[g][pos], blocked[g].get(pos)) for pos, sample in enumerate(samples)
+            ]
+            if blocked[g]:
+                self._audit(samples, decisions, context)
+            out.append(decisions)
+        return out
+
+    def _check_groups(
+        self, flt: SafetyFilter, batches: list[list[Sample]], contexts: list[RequestContext]
+    ) -> list[list[Verdict]]:
+        """One verdict list per request. A vectorised ``check_groups`` that fails is retried request by request,
+        so one request's trouble blocks only that request's samples (still fail-closed: never unchecked)."""
+        check_groups = getattr(flt, "check_groups", None)
+        live = [g for g, batch in enumerate(batches) if batch]
+        if callable(check_groups) and len(live) > 1:
+            try:
+                result = check_groups([batches[g] for g in live], [contexts[g] for g in live])
+                if len(result) != len(live):
+                    raise FilterContractError(f"{flt.name} returned {len(result)} groups for {len(live)}")
+                grouped: list[list[Verdict]] = [[] for _ in batches]
+                for g, verdict_list in zip(live, result, strict=True):
+                    grouped[g] = self._validated(flt, verdict_list, len(batches[g]))
+                return grouped
+            except Exception:
+                logger.exception("safety filter %s failed on a batch of %d requests: checking them one by one",
+                                 flt.name, len(live))
+        return [self._check(flt, batch, contexts[g]) if batch else [] for g, batch in enumerate(batches)]
+
+    def _validated(self, flt: SafetyFilter, result: list[Verdict], expected: int) -> list[Verdict]:
+        name = flt.name
+        if len(result) != expected:
+            raise FilterContractError(f"{name} returned {len(result)} verdicts for {expected} samples")
+        for verdict in result:
+            if not isinstance(verdict, Verdict):
+                raise FilterContractError(f"{name} returned {type(verdict).__name__}, not Verdict")
+        return [v if v.filter == name else Verdict(name, v.outcome, v.reason, v.score) for v in result]
 
     def _check(self, flt: SafetyFilter, batch: list[Sample], context: RequestContext) -> list[Verdict]:
         name = flt.name
         try:
-            result = flt.check(batch, context)
-            if len(result) != len(batch):
-                raise FilterContractError(f"{name} returned {len(result)} verdicts for {len(batch)} samples")
-            for verdict in result:
-                if not isinstance(verdict, Verdict):
-                    raise FilterContractError(f"{name} returned {type(verdict).__name__}, not Verdict")
+            return self._validated(flt, flt.check(batch, context), len(batch))
         except Exception as exc:
             logger.exception(
                 "safety filter %s failed on %d sample(s) of request %s: blocking them (fail-closed)",
@@ -135,7 +180,6 @@ class SafetyPipeline:
             )
             reason = f"filter {name} failed: {type(exc).__name__}"
             return [Verdict(name, "error", reason) for _ in batch]
-        return [v if v.filter == name else Verdict(name, v.outcome, v.reason, v.score) for v in result]
 
     def _count(self, verdict: Verdict) -> None:
         if self.on_decision is None:

@@ -122,6 +122,7 @@ class Watermarker:
         self.use_dwt = use_dwt
         self.dwt_min_agreement = dwt_min_agreement
         self._layouts: dict[tuple[int, int, int], _Layout] = {}
+        self._targets: dict[tuple[tuple[int, int, int], str], np.ndarray] = {}
 
     def __repr__(self) -> str:  # never show the key
         return f"Watermarker(payload_bits={self.payload_bits}, model_id={self.model_id!r})"
@@ -182,35 +183,64 @@ class Watermarker:
         """A watermarked copy of ``pixels`` (``uint8`` HWC, 1/3/4 channels, or HW grey); same shape and dtype."""
         shape = pixels.shape
         pixels = _check_pixels(pixels)
-        if self.capacity(pixels.shape) < self.message_bits:
+        marked: np.ndarray = self.embed_many(pixels[None], model_id)[0].reshape(shape)
+        return marked
+
+    def embed_many(self, images: np.ndarray, model_id: str | None = None) -> np.ndarray:
+        """Watermarked copies of a batch of images of one shape (``uint8`` NHWC), one vectorised QIM pass.
+
+        The result is the same, image by image, as :meth:`embed` on each (which calls this with a batch of one).
+        """
+        if not isinstance(images, np.ndarray) or images.ndim != 4:
+            raise WatermarkError(f"expected a batch of uint8 NHWC images, got {getattr(images, 'shape', None)}")
+        if len(images) == 0:
+            return np.array(images, dtype=np.uint8, copy=True)
+        first = _check_pixels(images[0])
+        if self.capacity(first.shape) < self.message_bits:
             raise WatermarkError(
-                f"image {pixels.shape} has {self.capacity(pixels.shape)} colour values; "
+                f"image {first.shape} has {self.capacity(first.shape)} colour values; "
                 f"the watermark needs at least {self.message_bits}"
             )
-        message = self._message(self.model_id if model_id is None else model_id)
-        out = np.array(pixels, dtype=np.uint8, copy=True)
-        if self._dwt_eligible(out):
-            out = self._dwt_embed(out, message)
-        colour = self._colour(out)
-        marked = self._qim_embed(colour, message)
-        if out.shape[2] == 4:
+        model = self.model_id if model_id is None else model_id
+        out = np.array(images, dtype=np.uint8, copy=True)
+        if len(out) and self._dwt_eligible(out[0]):
+            message = self._message(model)
+            for i in range(len(out)):
+                out[i] = self._dwt_embed(out[i], message)
+        channels = out.shape[3]
+        colour = out[..., :3] if channels == 4 else out
+        marked = self._qim_embed_many(colour, model)
+        if channels == 4:
             out[..., :3] = marked
             return out
-        return marked.reshape(shape)
+        return marked
 
-    def _qim_embed(self, colour: np.ndarray, message: np.ndarray) -> np.ndarray:
-        layout = self._layout((colour.shape[0], colour.shape[1], colour.shape[2]))
-        x = colour.reshape(-1).astype(np.int64)
-        target = (layout.dither + QIM_STEP // 2 * (message[layout.bit_of_value] ^ layout.whitening)) % QIM_STEP
-        down = x - ((x - target) % QIM_STEP)  # nearest value <= x with the target residue
-        up = down + QIM_STEP
-        choose_up = (up - x) < (x - down)
-        # Ties (distance 2 both ways): pick the value nearer mid-grey, so clipping never interferes.
-        tie = (up - x) == (x - down)
-        choose_up |= tie & (x < 128)
-        y = np.where(choose_up, up, down)
-        y = np.where(y < 0, y + QIM_STEP, y)
-        y = np.where(y > 255, y - QIM_STEP, y)
+    def _target(self, shape: tuple[int, int, int], model_id: str) -> np.ndarray:
+        """Per colour value, the residue mod ``QIM_STEP`` the embedded value must have (cached per shape and id)."""
+        key = (shape, model_id)
+        target = self._targets.get(key)
+        if target is None:
+            layout = self._layout(shape)
+            message = self._message(model_id)
+            residue = (layout.dither + QIM_STEP // 2 * (message[layout.bit_of_value] ^ layout.whitening)) % QIM_STEP
+            target = residue.astype(np.int16)
+            target.setflags(write=False)
+            if len(self._targets) > 64:
+                self._targets.clear()
+            self._targets[key] = target
+        return target
+
+    def _qim_embed_many(self, colour: np.ndarray, model_id: str) -> np.ndarray:
+        """QIM on ``(N, H, W, C)`` colour values: each value moves to the nearest one with its target residue."""
+        n, h, w, c = colour.shape
+        target = self._target((h, w, c), model_id)
+        x = colour.reshape(n, -1).astype(np.int16)
+        r = (x - target) & (QIM_STEP - 1)  # (x - target) mod 4: the distance down to the target lattice
+        # Up when it is nearer (r > 2); on a tie (r == 2) towards mid-grey, so clipping never interferes.
+        up = (r > QIM_STEP // 2) | ((r == QIM_STEP // 2) & (x < 128))
+        y = x - r + QIM_STEP * up.astype(np.int16)
+        y[y < 0] += QIM_STEP
+        y[y > 255] -= QIM_STEP
         marked: np.ndarray = y.astype(np.uint8).reshape(colour.shape)
         return marked
 
