@@ -370,6 +370,21 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
         assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/{name}/step-")
         assert alias.tags["ganops.job"] == f"{NS}/{name}" and alias.tags["ganops.gates"] == "passed"
 
+    # One MLflow run per job with its metrics; its artifacts went through the server into S3.
+    from mlflow.tracking import MlflowClient
+
+    mlflow_client = MlflowClient(tracking_uri=p.mlflow.url)
+    for name, status in statuses.items():
+        run = mlflow_client.get_run(status["mlflowRunId"])
+        assert run.info.status == "FINISHED", run.info
+        quality = {"digits-e2e": "fid", "grid-e2e": "modes"}[name]
+        assert any(key.split("/")[-1] == quality for key in run.data.metrics), (name, run.data.metrics)
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri  # proxied
+        assert mlflow_client.list_artifacts(run.info.run_id), f"{name}: no artifacts"
+    stored = storage.open_store(f"s3://{p.bucket}/mlflow").list(f"s3://{p.bucket}/mlflow/")
+    for status in statuses.values():
+        assert any(status["mlflowRunId"] in key for key in stored), (status["mlflowRunId"], stored[:10])
+
     # The running server follows digits-e2e@production: it hot-swaps to the promoted version by itself.
     digits_version = statuses["digits-e2e"]["promotedVersion"]
 
