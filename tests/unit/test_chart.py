@@ -238,6 +238,9 @@ def test_inconsistent_values_fail_with_every_problem_named() -> None:
         render({"serving": {"model": "", "canary": {"percent": 5},
                             "autoscaling": {"minReplicas": 5, "maxReplicas": 2}}})
     message = str(caught.value)
+    with pytest.raises(helm_python.HelmRenderError, match="no node could ever be drained"):
+        render({"serving": {"replicas": 1, "autoscaling": {"enabled": False}}})
+    render({"serving": {"replicas": 2, "autoscaling": {"enabled": False}}})
     assert "serving.model" in message and "serving.canary.alias" in message and "minReplicas > maxReplicas" in message
 
 

@@ -139,6 +139,10 @@ ganops.validateValues: one message per inconsistent combination of values, check
 {{- if and .Values.serving.autoscaling.enabled (gt (int .Values.serving.autoscaling.minReplicas) (int .Values.serving.autoscaling.maxReplicas)) }}
 {{- $problems = append $problems "serving.autoscaling: minReplicas > maxReplicas" }}
 {{- end }}
+{{- $servingReplicas := ternary .Values.serving.autoscaling.minReplicas .Values.serving.replicas .Values.serving.autoscaling.enabled }}
+{{- if and .Values.serving.enabled .Values.serving.podDisruptionBudget.enabled (not (kindIs "string" .Values.serving.podDisruptionBudget.minAvailable)) (ge (int .Values.serving.podDisruptionBudget.minAvailable) (int $servingReplicas)) }}
+{{- $problems = append $problems (printf "serving.podDisruptionBudget.minAvailable %d >= %d replicas: no node could ever be drained" (int .Values.serving.podDisruptionBudget.minAvailable) (int $servingReplicas)) }}
+{{- end }}
 {{- if and .Values.serving.apiKeys.required (not .Values.serving.apiKeys.secretName) }}
 {{- $problems = append $problems "serving.apiKeys.required needs serving.apiKeys.secretName" }}
 {{- end }}
