@@ -437,10 +437,12 @@ def documents(rendered: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
     for path in sorted(rendered):
         if path.endswith("NOTES.txt"):
             continue
-        for doc in yaml.safe_load_all(rendered[path]):
+        for doc in yaml.load_all(rendered[path], Loader=_LOADER):
             if doc:
                 yield path.rsplit("/", 1)[-1], doc
 
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the dashboards are big strings
 
 _HEADER = ("# Generated from charts/ganops by `make manifests` (release {release}, namespace {namespace}, "
            "values: {values}).\n# Do not edit: change the chart and regenerate; tests/unit/test_chart_manifests.py "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Iterator
@@ -35,8 +36,14 @@ def render(values: dict[str, Any] | None = None, *, api_versions: tuple[str, ...
     return _render_cached(json.dumps(values or {}, sort_keys=True), api_versions)
 
 
+@functools.cache
+def _objects_cached(values_json: str, api_versions: tuple[str, ...]) -> list[Obj]:
+    return [doc for _, doc in chart.documents(_render_cached(values_json, api_versions))]
+
+
 def objects(values: dict[str, Any] | None = None, *, api_versions: tuple[str, ...] = ()) -> list[Obj]:
-    return [doc for _, doc in chart.documents(render(values, api_versions=api_versions))]
+    """The rendered objects, parsed (a fresh copy each call: tests may change them)."""
+    return copy.deepcopy(_objects_cached(json.dumps(values or {}, sort_keys=True), api_versions))
 
 
 def render_set(name: str) -> list[Obj]:
