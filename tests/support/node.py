@@ -18,9 +18,9 @@ that fails or is suspended loses its running pods.
   `optional`), then `env` (`value` with `$(VAR)` expansion, `valueFrom` `fieldRef` / `secretKeyRef` /
   `configMapKeyRef` / `resourceFieldRef`) - read from the emulator, nothing from the test process's environment;
   a missing non-optional Secret or key keeps the pod Pending with `CreateContainerConfigError`, like a kubelet;
-- volumes are materialised under `<root>/<pod>/volumes/<name>` (`configMap` and `secret` items as files,
-  `emptyDir` as a folder); since the processes share one filesystem, every `mountPath` is rewritten to its
-  folder in the container's command, args, env values and workingDir;
+- volumes are materialised under `<root>/<namespace>/<pod>/volumes/<name>` (`configMap` and `secret` items as
+  files, `emptyDir` as a folder); since the processes share one filesystem, every path under a `mountPath` is
+  rewritten to that folder in the container's command, args (scripts included), env values and workingDir;
 - `command` + `args` with `$(VAR)` expanded, run in a new session; stdout and stderr go to `<root>/<pod>/log`;
 - status: `Running` with `podIP`, conditions and the container's `running` state, then `Succeeded` / `Failed`
   with the exit code (a signal N is 128 + N), `reason` and, under `FallbackToLogsOnError`, the log's tail as
@@ -598,11 +598,13 @@ class Node:
 
 
 def _rewrite(value: str, mounts: Mapping[str, str]) -> str:
-    """A path under a mountPath → the same path under the volume's host folder (longest mountPath first)."""
-    for mount_path in sorted(mounts, key=len, reverse=True):
-        if value == mount_path or value.startswith(mount_path + "/"):
-            return mounts[mount_path] + value[len(mount_path):]
-    return value
+    """Paths under a mountPath → the same paths under the volume's host folder, wherever they appear as a path in
+    the string (a whole argument, `--flag=/path`, a shell script, a `:`-separated list); longest mountPath first."""
+    if not mounts:
+        return value
+    ordered = sorted(mounts, key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(m) for m in ordered) + r")(?=$|[/\s'\";:,)])")
+    return pattern.sub(lambda match: mounts[match.group(1)], value)
 
 
 def _signal(process: subprocess.Popen[bytes], sig: int) -> None:
