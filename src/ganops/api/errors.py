@@ -87,6 +87,8 @@ def describe(error: ErrorDetails, *, prefix: str = "", root: type[BaseModel] | N
         return [f"{path} must be a whole number{got}"]
     if kind in ("float_type", "float_parsing"):
         return [f"{path} must be a number{got}"]
+    if kind == "finite_number":
+        return [f"{path} must be a finite number{got}"]
     if kind in ("bool_type", "bool_parsing"):
         return [f"{path} must be true or false{got}"]
     if kind in ("string_type",):

@@ -24,8 +24,16 @@ class JobFileError(ValueError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+MAX_NESTING = 64  # a job file is a few levels deep; deeper is a bomb that would exhaust the parser's recursion
+MAX_PROBLEMS = 20  # lines reported per file; a file of 20 000 unknown keys gets a summary, not 20 000 lines
+
+
 class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader that refuses anchors/aliases: they are how YAML bombs expand, and job files never need them."""
+    """SafeLoader that refuses anchors/aliases (how YAML bombs expand; job files never need them), nesting deeper
+    than MAX_NESTING and duplicate keys (the API server refuses them too; silently keeping the last one hides
+    half of a job)."""
+
+    _depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -33,7 +41,28 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.constructor.ConstructorError(
                 None, None, "YAML aliases (*name) are not allowed in job files", event.start_mark
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING:
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, f"nested deeper than {MAX_NESTING} levels: not a job file", event.start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}: each field may appear once", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_yaml(text: str, source: str = "<job>") -> Any:
@@ -46,9 +75,17 @@ def parse_yaml(text: str, source: str = "<job>") -> Any:
         line = f" at line {where.line + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise JobFileError(source, [f"not valid YAML{line}: {problem}"]) from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (int_max_str_digits)
+        raise JobFileError(source, [f"not valid YAML: a value cannot be read ({str(exc).split(';')[0]})"]) from None
     if len(docs) != 1:
         raise JobFileError(source, [f"expected exactly one YAML document, found {len(docs)}"])
     return docs[0]
+
+
+def _capped(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
 
 
 def job_from_object(obj: Any, source: str = "<job>") -> GanTrainingJob:
@@ -57,7 +94,7 @@ def job_from_object(obj: Any, source: str = "<job>") -> GanTrainingJob:
     try:
         return GanTrainingJob.model_validate(obj)
     except ValidationError as err:
-        raise JobFileError(source, format_validation_error(err, root=GanTrainingJob)) from None
+        raise JobFileError(source, _capped(format_validation_error(err, root=GanTrainingJob))) from None
 
 
 def spec_from_object(spec: Any, source: str = "<spec>") -> GanTrainingJobSpec:
@@ -65,7 +102,9 @@ def spec_from_object(spec: Any, source: str = "<spec>") -> GanTrainingJobSpec:
     try:
         return GanTrainingJobSpec.model_validate(spec)
     except ValidationError as err:
-        raise JobFileError(source, format_validation_error(err, prefix="spec", root=GanTrainingJobSpec)) from None
+        raise JobFileError(
+            source, _capped(format_validation_error(err, prefix="spec", root=GanTrainingJobSpec))
+        ) from None
 
 
 def load_job(path: str | Path) -> GanTrainingJob:

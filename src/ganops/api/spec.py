@@ -6,10 +6,12 @@ configuration are all derived from these models. Wire names are camelCase; units
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from ganops.api.rules import check_rules
 
@@ -22,6 +24,16 @@ SHORT_NAME = "gtj"
 TWO_D_DATASETS = ("builtin:ring8", "builtin:grid25")
 
 
+def _scalar_kinds(annotation: Any) -> set[Any]:
+    """The plain types a field accepts at its top level: int | None → {int, NoneType}; Annotated is unwrapped."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _scalar_kinds(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(_scalar_kinds(arg) for arg in get_args(annotation)))
+    return {annotation}
+
+
 class _Wire(BaseModel):
     """camelCase on the wire, snake_case in Python, unknown fields rejected (typos must not pass silently)."""
 
@@ -30,7 +42,21 @@ class _Wire(BaseModel):
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML `true` is not 1: pydantic's lax mode would read it as a number, the CRD schema (and so the API
+        server) refuses it; both must say the same."""
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = _scalar_kinds(cls.model_fields[info.field_name].annotation)
+            if bool not in kinds and int in kinds:
+                raise PydanticCustomError("int_type", "Input should be a valid integer")
+            if bool not in kinds and float in kinds:
+                raise PydanticCustomError("float_type", "Input should be a valid number")
+        return value
 
     @model_validator(mode="after")
     def _cross_field_rules(self) -> Any:
