@@ -39,6 +39,8 @@ from dashboards.synthetic import Synthetic, prometheus_config
 
 from tests.support.kube.fixtures import kopf_process, kube_api, kube_api_options  # noqa: F401 (fixtures)
 
+pytest_plugins = ["tests.support.mlflow_server"]  # mlflow_uri: one real MLflow server per session
+
 PROMETHEUS = shutil.which("prometheus")
 REPO = Path(__file__).resolve().parents[2]
 SRC = REPO / "src" / "ganops"
@@ -261,9 +263,7 @@ def missing_components() -> list[str]:
 MISSING = missing_components()
 # Panels that cannot have data on a CPU machine without DCGM/OpenCost/kube-state-metrics, or before an event that a
 # short run does not produce; they must still evaluate without error.
-MAY_BE_EMPTY_IN_A_SHORT_RUN = {
-    "ganops_model_version_quality": "no model version is promoted while the jobs run",
-}
+MAY_BE_EMPTY_IN_A_SHORT_RUN: dict[str, str] = {}  # series → why a short run cannot produce it
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -359,9 +359,10 @@ class Components:
 PRICE = 36.0  # USD per GPU-hour: a cent per second per job, so the cost panels move within seconds
 
 
-def _component_jobs() -> dict[str, dict[str, Any]]:
-    """The GanTrainingJobs of the real-components run: digits with FID/KID/precision/recall (served), and grid25
-    with modes."""
+def _component_jobs(mlflow_uri: str) -> dict[str, dict[str, Any]]:
+    """The GanTrainingJobs of the real-components run: two that keep training - digits with FID/KID/precision/recall
+    and grid25 with modes - and a short digits job that succeeds and is promoted to `dash@production`, the version
+    serving then serves."""
     from tests.support.jobs import digits_job, grid_job
 
     common: dict[str, Any] = {"resources": {"gpusPerReplica": 1},
@@ -376,6 +377,11 @@ def _component_jobs() -> dict[str, dict[str, Any]]:
                                                      "logEverySteps": 5},
                               checkpoint={"everySteps": 20}, evaluation={"everySteps": 20, "numSamples": 500},
                               **common),
+        "promo": digits_job("promo", training={"steps": 20, "batchSize": 16, "seed": 7, "logEverySteps": 5},
+                            checkpoint={"everySteps": 10},
+                            evaluation={"everySteps": 10, "numSamples": 256, "featureExtractor": "digits",
+                                        "metrics": ["fid", "kid", "precision_recall"]},
+                            tracking={"mlflowUri": mlflow_uri}, promotion={"modelName": "dash"}, **common),
     }
     for job in jobs.values():
         job["metadata"]["namespace"] = "ml"
@@ -383,16 +389,17 @@ def _component_jobs() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
-def components(tmp_path: Path, kube_api: Any, kopf_process: Any) -> Iterator[Components]:  # noqa: F811
-    """The real operator (kopf on the Kubernetes emulator) reconciling two GanTrainingJobs, their trainers as local
-    `ganops train` processes (the pods the emulator cannot run: the test plays the kubelet), and
-    `python -m ganops.serving` on the digits job's checkpoints under light load, all scraped every second by
-    Debian's Prometheus with the chart's label settings (honor_labels for trainer and operator)."""
+def components(tmp_path: Path, kube_api: Any, kopf_process: Any, mlflow_uri: str) -> Iterator[Components]:  # noqa: F811
+    """The real operator (kopf on the Kubernetes emulator) reconciling three GanTrainingJobs, their trainers as
+    local `ganops train` processes (the pods the emulator cannot run: the test plays the kubelet and the Job
+    controller), the operator's promotion through a real MLflow server, and `python -m ganops.serving` following
+    `dash@production` under light load, all scraped every second by Debian's Prometheus with the chart's label
+    settings (honor_labels for trainer and operator)."""
     from ganops.api.crd import build_crd
     from tests.support.jobs import write_job
-    from tests.support.kube.workloads import start_job_pods
+    from tests.support.kube.workloads import complete_job, start_job_pods
 
-    jobs = _component_jobs()
+    jobs = _component_jobs(mlflow_uri)
     ports = {name: free_port() for name in (*jobs, "operator", "serving")}
     checkpoints = tmp_path / "checkpoints"
     kube_api.register_crd(build_crd())
@@ -400,12 +407,20 @@ def components(tmp_path: Path, kube_api: Any, kopf_process: Any) -> Iterator[Com
                                                   "GANOPS_OPERATOR_RESYNC_SECONDS": "1",
                                                   "GANOPS_CHECKPOINT_URI": f"file://{checkpoints}"})
     procs: list[subprocess.Popen[bytes]] = []
+    serving: subprocess.Popen[bytes] | None = None
     for name, job in jobs.items():
         kube_api.create(job)
         job_file = write_job(job, tmp_path / f"{name}.yaml")
         procs.append(_start([sys.executable, "-m", "ganops.cli", "train", "--job", str(job_file), "--no-progress",
                              "--work-dir", str(tmp_path / "work" / name)],
                             _trainer_env(tmp_path, name, ports[name]), tmp_path, tmp_path / f"{name}.log"))
+    # Serving starts now (its safety models load meanwhile) and polls the registry until dash@production exists.
+    serving = _start([sys.executable, "-m", "ganops.serving"],
+                     {"GANOPS_SERVING_HOST": "127.0.0.1", "GANOPS_SERVING_PORT": str(ports["serving"]),
+                      "GANOPS_SERVING_MODEL": "dash@production", "GANOPS_SERVING_MLFLOW_URI": mlflow_uri,
+                      "GANOPS_SERVING_POLL_INTERVAL_S": "1", "GANOPS_SERVING_SHUTDOWN_TIMEOUT_S": "2",
+                      "OMP_NUM_THREADS": "1"},
+                     tmp_path, tmp_path / "serving.log")
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
               "rule_files": [str(contract.RULES_FILE)],
               "scrape_configs": [
@@ -428,27 +443,44 @@ def components(tmp_path: Path, kube_api: Any, kopf_process: Any) -> Iterator[Com
         for name, proc in zip(jobs, procs, strict=True):
             _wait_http(f"http://127.0.0.1:{ports[name]}/metrics", 120, proc, tmp_path / f"{name}.log")
         prom.start()  # scrape from here on: the rate windows fill while serving comes up
-        latest = checkpoints / "ml" / "dash" / "latest.json"
-        _wait_file(latest, 120)
-        procs.append(_start([sys.executable, "-m", "ganops.serving"], _serving_env(ports["serving"], latest.parent,
-                                                                                   "dash"),
-                            tmp_path, tmp_path / "serving.log"))
-        _wait_http(f"http://127.0.0.1:{ports['serving']}/readyz", 120, procs[-1], tmp_path / "serving.log")
+        promo = procs[list(jobs).index("promo")]
+        if promo.wait(180) != 0:
+            raise RuntimeError(f"the promo trainer failed: {(tmp_path / 'promo.log').read_text()[-3000:]}")
+        complete_job(kube_api, "ml", "promo")  # its pod exited 0: the operator judges and promotes it
+        kube_api.wait_for(lambda: (kube_api.get("ganops.io/v1alpha1", "gtj", "ml", "promo").get("status") or {}).get(
+            "promotedVersion"), timeout=60, message="promo promoted to dash@production")
+        _wait_ready(f"http://127.0.0.1:{ports['serving']}/readyz", 120, serving, tmp_path / "serving.log")
         traffic = Traffic(f"http://127.0.0.1:{ports['serving']}")  # for the SLIs, stages, batching and safety
         stops.append(traffic.stop)
-        prom.wait_for("count(up == 1) == 4", 30, "both trainers, the operator and serving scraped")
+        prom.wait_for("count(up == 1) == 4", 30, "the running trainers, the operator and serving scraped")
         prom.wait_for('changes(ganops_eval_fid{job="dash"}[5m]) >= 1', 180, "two FID evaluations")
         prom.wait_for('ganops_eval_modes{job="grid-dash"}', 120, "a modes evaluation")
         prom.wait_for('count(ganops_operator_job_phase{namespace="ml", phase="Running"} == 1) == 2', 60,
                       "the operator's Running for both jobs")
-        prom.wait_for("count_over_time(ganops_serving_ready[5m]) >= 8", 30, "eight scrapes of serving")
+        prom.wait_for("min(count_over_time(ganops_serving_samples_total[5m])) >= 8", 30,
+                      "eight scrapes of serving under load")
         yield Components(prom, f"http://127.0.0.1:{ports['operator']}/metrics")
         assert traffic.statuses and set(traffic.statuses) == {200}, traffic.statuses
     finally:
         for stop in stops:
             stop()
         prom.stop()
-        _stop_all(procs)
+        _stop_all([*procs, *([serving] if serving is not None else [])])
+
+
+def _wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Until `url` answers 200 (readiness, not just a listening port)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout}s: {log.read_text()[-3000:]}")
 
 
 def preview_dir() -> Path:
@@ -463,6 +495,11 @@ def test_every_query_on_real_components(components: Components, request: pytest.
     return data, DCGM/OpenCost/kube-state-metrics ones evaluate without error. Then the preview renders every
     dashboard from this Prometheus into `reports/dashboards/components/<uid>.png`."""
     prom = components.prom
+    out = preview_dir()
+    preview = subprocess.Popen(  # renders while the queries below are evaluated
+        [sys.executable, str(REPO / "scripts" / "dashboards_preview.py"), "--prometheus", prom.url, "--out",
+         str(out), "--range", "2m", "--scrape-interval", "1s"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     failures = []
     evaluated = with_data = 0
     for q in contract.panel_queries():
@@ -496,27 +533,28 @@ def test_every_query_on_real_components(components: Components, request: pytest.
     broken = {r["name"]: r.get("lastError") for g in prom.api("rules")["groups"] for r in g["rules"]
               if r["health"] != "ok"}
 
-    # The operator's job-level series as Prometheus stored them: the GanTrainingJob's namespace/job survive.
-    running = prom.query('ganops_operator_job_phase{namespace="ml"} == 1')
-    assert {(r["metric"]["job"], r["metric"]["phase"]) for r in running} == {("dash", "Running"),
-                                                                             ("grid-dash", "Running")}
-    budget = prom.query('ganops_job_budget_usd{namespace="ml", job="dash"}')
-    assert [float(r["value"][1]) for r in budget] == [10.0]
-    assert {r["metric"]["outcome"] for r in prom.query('ganops_operator_promotions_total{job="dash"}')} == {
-        "promoted", "rejected"}
-
-    out = preview_dir()
-    preview = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "dashboards_preview.py"), "--prometheus", prom.url, "--out",
-         str(out), "--range", "2m", "--scrape-interval", "1s"],
-        capture_output=True, text=True, timeout=300, check=False)
+    preview_log, _ = preview.communicate(timeout=300)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     capture = request.config.pluginmanager.get_plugin("capturemanager")
     if reporter is not None and capture is not None:
         with capture.global_and_fixture_disabled():  # into CI's log, even with output captured
             reporter.write_line(f"\nreal components: {evaluated} queries evaluated ({with_data} panel queries "
                                 f"with data); dashboard previews: {out}/<uid>.png, panel status: {out}/index.md")
-    assert preview.returncode == 0, preview.stdout + preview.stderr
+    # The operator's job-level series as Prometheus stored them: the GanTrainingJob's namespace/job survive.
+    phases = prom.query('ganops_operator_job_phase{namespace="ml"} == 1')
+    assert {(r["metric"]["job"], r["metric"]["phase"]) for r in phases} == {
+        ("dash", "Running"), ("grid-dash", "Running"), ("promo", "Succeeded")}
+    promoted = prom.query('ganops_operator_promotions_total{job="promo", outcome="promoted"}')
+    assert [(r["metric"]["model"], r["value"][1]) for r in promoted] == [("dash", "1")]
+    quality = prom.query('ganops_model_version_quality{job="promo"}')
+    assert {r["metric"]["metric"] for r in quality} == {"fid", "kid", "precision", "recall"}
+    assert prom.query('ganops_model_info{model="dash", alias="production"}'), "serving follows dash@production"
+    budget = prom.query('ganops_job_budget_usd{namespace="ml", job="dash"}')
+    assert [float(r["value"][1]) for r in budget] == [10.0]
+    assert {r["metric"]["outcome"] for r in prom.query('ganops_operator_promotions_total{job="dash"}')} == {
+        "promoted", "rejected"}
+
+    assert preview.returncode == 0, preview_log
     for dash in contract.load_dashboards().values():
         assert (out / f"{dash['uid']}.png").stat().st_size > 20_000, dash["uid"]
     assert not broken, broken
