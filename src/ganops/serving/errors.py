@@ -90,6 +90,10 @@ def error_response(
     return JSONResponse({"error": detail}, status_code=status, headers=dict(headers or {}))
 
 
+# What FastAPI raises (HTTPException 400) when decoding a JSON body fails with anything but a JSONDecodeError.
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
 def _field_name(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
@@ -138,6 +142,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         message = exc.detail if isinstance(exc.detail, str) else str(jsonable_encoder(exc.detail))
+        if exc.status_code == 400 and message == FASTAPI_BODY_PARSE_ERROR:  # json.loads raised other than a syntax
+            return error_response(  # error: nested too deeply, a number of too many digits, bytes that are not UTF-8
+                400, "malformed_json", "the body cannot be read as JSON (not UTF-8, nested too deeply, or a number "
+                "with too many digits)", field="body", request_id=_request_id(request),
+            )
         return error_response(
             exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), message, request_id=_request_id(request),
             headers=exc.headers,
