@@ -21,7 +21,10 @@ that fails or is suspended loses its running pods.
 - volumes are materialised under `<root>/<namespace>/<pod>/volumes/<name>` (`configMap` and `secret` items as
   files, `emptyDir` as a folder); since the processes share one filesystem, every path under a `mountPath` is
   rewritten to that folder in the container's command, args (scripts included), env values and workingDir;
-- `command` + `args` with `$(VAR)` expanded, run in a new session; stdout and stderr go to `<root>/<pod>/log`;
+- `command` + `args` with `$(VAR)` expanded, run in a new session from `workingDir` (else an empty folder that
+  stands for the image's root filesystem: with `readOnlyRootFilesystem` it is read-only for non-root users, and
+  `Container.rootfs_writes()` lists what a root process wrote there anyway); stdout and stderr go to
+  `<root>/<namespace>/<pod>/log`;
 - status: `Running` with `podIP`, conditions and the container's `running` state, then `Succeeded` / `Failed`
   with the exit code (a signal N is 128 + N), `reason` and, under `FallbackToLogsOnError`, the log's tail as
   the termination message;
@@ -106,7 +109,15 @@ class Container:
     argv: list[str]
     env: dict[str, str]
     log_path: Path
+    rootfs: Path | None = None  # the working directory that stands for a read-only root filesystem
     stopping_since: float | None = None
+
+    def rootfs_writes(self) -> list[str]:
+        """Files the container wrote into its working directory although `readOnlyRootFilesystem` is set (a real
+        container would have failed with EROFS there). Running as root here, the node cannot forbid it, only see it."""
+        if self.rootfs is None:
+            return []
+        return sorted(str(path.relative_to(self.rootfs)) for path in self.rootfs.rglob("*"))
 
     def log_tail(self, chars: int = 2048) -> str:
         try:
@@ -394,6 +405,8 @@ class Node:
         workdir = Path(_rewrite(container_spec["workingDir"], mounts)) if container_spec.get("workingDir") \
             else pod_root / "rootfs"
         workdir.mkdir(parents=True, exist_ok=True)
+        if (container_spec.get("securityContext") or {}).get("readOnlyRootFilesystem"):
+            workdir.chmod(0o555)  # effective for non-root users; `Container.rootfs_writes` tells for root
         log_path = pod_root / "log"
         grace = min(float(spec.get("terminationGracePeriodSeconds", 30)), self.max_grace_seconds)
         policy = container_spec.get("terminationMessagePolicy", "File")
@@ -405,8 +418,10 @@ class Node:
                 self._terminated(pod, container_spec["name"], 128, "StartError", f"{type(exc).__name__}: {exc}",
                                  started=time.time())
                 return
+        read_only = bool((container_spec.get("securityContext") or {}).get("readOnlyRootFilesystem"))
         container = Container(namespace, name, meta["uid"], pod_ip, pod_root, process, time.time(), grace, policy,
-                              container_spec["name"], argv, env, log_path)
+                              container_spec["name"], argv, env, log_path,
+                              rootfs=workdir if read_only and not container_spec.get("workingDir") else None)
         with self._lock:
             self.containers[meta["uid"]] = container
         self.started_pods.append(key)
