@@ -93,7 +93,13 @@ spec:
   promotion: {{modelName: digits-e2e, alias: production, gates: {{maxFID: 100}}}}
 """
 STEPS = {"grid-e2e": 1500, "digits-e2e": 600}
-CHECKPOINT_EVERY = {"grid-e2e": 500, "digits-e2e": 200}
+CHECKPOINT_EVERY = {"grid-e2e": 500, "digits-e2e": 200, "digits-e2e-b": 200}
+MODEL = {"grid-e2e": "grid-e2e", "digits-e2e": "digits-e2e", "digits-e2e-b": "digits-e2e"}
+# Applied once digits-e2e@production is served: another seed of the same job, for the same model (FID ≈ 87 at
+# step 600). Its promotion moves the alias from version 1 to version 2 under load.
+SECOND_DIGITS = yaml.safe_load(JOBS.split("---")[1])
+SECOND_DIGITS["metadata"]["name"] = "digits-e2e-b"
+SECOND_DIGITS["spec"]["training"]["seed"] = 1
 
 
 @pytest.fixture
@@ -182,6 +188,34 @@ class PodMonitor:
                 self._last = targets
 
 
+class Traffic:
+    """A client generating in a background thread until stopped; records (status, served version) per request."""
+
+    def __init__(self, base_url: str, key: str) -> None:
+        self.seen: list[tuple[int, str]] = []
+        self._stop = threading.Event()
+        self._client = httpx.Client(base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {key}"})
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seed = 0
+        while not self._stop.is_set():
+            try:
+                response = self._client.post("/v1/generate", json={"n": 1 + seed % 4, "seed": seed})
+                version = response.json().get("version", "?") if response.status_code == 200 else "?"
+                self.seen.append((response.status_code, version))
+            except httpx.HTTPError as exc:
+                self.seen.append((-1, type(exc).__name__))
+            seed += 1
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self._client.close()
+
+
 # ------------------------------------------------------------------------------------------------ the platform
 
 
@@ -209,7 +243,7 @@ class Platform:
         return dict(self.kube.get(GTJ, "gtj", NS, name).get("status") or {})
 
     def diagnostics(self, what: str = "") -> str:
-        statuses = {name: self.status(name) for name in STEPS}
+        statuses = {name: (self.kube.get_or_none(GTJ, "gtj", NS, name) or {}).get("status") for name in MODEL}
         return (f"{what}\nstatuses: {json.dumps(statuses, indent=1, default=str)[-4000:]}\n"
                 f"node errors: {self.node.pod_errors} {self.node.failures}\n"
                 f"operator log:\n{self.operator.output[-3000:]}\npods:\n{self.node.all_logs(2500)}")
@@ -459,10 +493,29 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert p.client.post("/v1/watermark/verify", json={"image": points["grid"]["data"]}).json()["model"] != \
         f"digits-e2e:{digits_version}"
 
-    # A little steady traffic for the serving SLIs, then the Prometheus checks.
-    for i in range(12):
-        assert p.client.post("/v1/generate", json={"n": 1 + i % 4, "seed": i}).status_code == 200
-        time.sleep(0.25)
+    # A better run of the same model is promoted while clients keep generating: the server swaps from version 1
+    # to version 2 in place, with no failed request, and each client sees version 1, then only version 2.
+    traffic = Traffic(p.serving.url, API_KEY)
+    poll(lambda: len(traffic.seen) >= 3, 30, "traffic before the second promotion")
+    p.kube.create({**SECOND_DIGITS, "metadata": {**SECOND_DIGITS["metadata"]}})
+    second = poll(partial(finished, "digits-e2e-b"), 240, partial(p.diagnostics, "digits-e2e-b promoted"))
+    statuses["digits-e2e-b"] = second
+    assert second["promotedVersion"] != digits_version
+    alias = tracking.get_alias(p.mlflow.url, "digits-e2e", "production")
+    assert alias is not None and alias.version == second["promotedVersion"]
+    assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/digits-e2e-b/step-")
+    poll(lambda: traffic.seen and traffic.seen[-1] == (200, second["promotedVersion"]), 60,
+         "the server swaps to version 2")
+    time.sleep(1.0)
+    traffic.stop()
+    mark("swapped to the second version")
+    outcomes = list(traffic.seen)
+    assert {status for status, _ in outcomes} == {200}, outcomes
+    versions = [version for _, version in outcomes]
+    assert set(versions) == {digits_version, second["promotedVersion"]}, versions
+    assert versions == sorted(versions, key=lambda v: v == second["promotedVersion"]), versions  # no flapping
+    assert p.client.get("/readyz").json()["version"] == second["promotedVersion"]
+
     check_prometheus(p, started, statuses)
     mark("prometheus checked")
     print(f"\ne2e seconds since apply: {marks}")
@@ -491,12 +544,13 @@ def check_prometheus(p: Platform, since: float, statuses: dict[str, dict[str, An
     prom.wait_for_query('up{job="ganops-operator"} == 1', timeout=30)
     prom.wait_for_query('up{job="ganops-serving"} == 1', timeout=30)
     prom.wait_for_query("ganops_serving_ready == 1", timeout=30)
-    prom.wait_for_query('ganops_model_info{model="digits-e2e", version!=""} == 1', timeout=30)
+    serving_now = statuses["digits-e2e-b"]["promotedVersion"]
+    prom.wait_for_query(f'ganops_model_info{{model="digits-e2e", version="{serving_now}"}} == 1', timeout=30)
 
     # The trainers' series carry their GanTrainingJob's namespace and job (honor_labels) and show progress while
     # the pods ran. (A pod exits right after its last checkpoint, usually before the next scrape: the final figures
     # reach Prometheus through the operator, from the status, below.)
-    for name in STEPS:
+    for name in statuses:
         top = prom.query(f'max_over_time(ganops_train_step{{namespace="{NS}", job="{name}"}}[10m])')
         assert top and float(top[0]["value"][1]) >= CHECKPOINT_EVERY[name], (name, top)
         cost = prom.query(f'max_over_time(ganops_job_cost_usd_total{{namespace="{NS}", job="{name}"}}[10m])')
@@ -508,7 +562,8 @@ def check_prometheus(p: Platform, since: float, statuses: dict[str, dict[str, An
                             timeout=30)
         version = status["promotedVersion"]
         quality = {r["metric"]["metric"]: float(r["value"][1]) for r in prom.wait_for_query(
-            f'ganops_model_version_quality{{namespace="{NS}", job="{name}", model="{name}", version="{version}"}}',
+            f'ganops_model_version_quality{{namespace="{NS}", job="{name}", model="{MODEL[name]}", '
+            f'version="{version}"}}',
             timeout=30)}
         promoted_metrics = status.get("promotedMetrics") or {}
         shared = set(quality) & set(promoted_metrics)
