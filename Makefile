@@ -29,14 +29,19 @@ system-deps:
 # through its gates (maxFID 60) to digits@production in a local MLflow (sqlite under $(DEMO_HOME)) and writes the
 # promoted sample grid. One torch thread: this small model gains little from a second one, and on a shared machine
 # two threads fighting for a busy core were 6x slower (4 min with one thread at load 8, about 1 min when quiet).
+# Then scripts/serve_demo.py serves digits@production with `ganops serve` on 127.0.0.1, fetches one grid through
+# POST /v1/generate with a demo API key, saves it as $(DEMO_HOME)/served-grid.png and stops the server.
 DEMO_HOME ?= .ganops/demo
 DEMO_THREADS ?= 1
 demo: install
 	rm -rf $(DEMO_HOME)
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(VENV)/bin/ganops run manifests/examples/digits.yaml --home $(DEMO_HOME)
 	@echo
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) -m scripts.serve_demo --home $(DEMO_HOME)
+	@echo
 	@echo "look closer:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(DEMO_HOME)/mlflow.db   (runs, grids, registry)"
 	@echo "              $(VENV)/bin/ganops promote manifests/examples/digits.yaml --home $(DEMO_HOME)   (judge again)"
+	@echo "              $(VENV)/bin/ganops serve --model digits@production --home $(DEMO_HOME)   (serve it: http://127.0.0.1:8080/docs)"
 
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)

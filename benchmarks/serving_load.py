@@ -333,6 +333,11 @@ def forward_ceiling(checkpoint: str, threads: int, batch: int) -> dict[str, floa
     }
 
 
+def workers_for(threads: int) -> int:
+    """Batch workers of the micro-batching server: one per ``threads`` cores (the naive server ignores it)."""
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
 def throughput(checkpoint: str, work: Path, threads: list[int], clients: int, seconds: float, n: int,
                rounds: int) -> list[dict[str, Any]]:
     rows = []
@@ -343,7 +348,8 @@ def throughput(checkpoint: str, work: Path, threads: list[int], clients: int, se
         for _ in range(rounds):  # alternate, so drift of the shared machine hits both alike
             for mode in ("naive", "batched"):
                 env = {"GANOPS_SERVING_TORCH_THREADS": str(t),
-                       "GANOPS_SERVING_BATCHING__ENABLED": "true" if mode == "batched" else "false"}
+                       "GANOPS_SERVING_BATCHING__ENABLED": "true" if mode == "batched" else "false",
+                       "GANOPS_SERVING_BATCHING__WORKERS": str(workers_for(t))}
                 with serve(checkpoint, work, **env) as (port, pid):
                     asyncio.run(closed_loop(port, clients, 2.0, n, warmup=0))
                     cpu_before = cpu_seconds(pid)
@@ -360,6 +366,7 @@ def throughput(checkpoint: str, work: Path, threads: list[int], clients: int, se
         cpu_batched, cpu_naive = statistics.median(cpu_ms["batched"]), statistics.median(cpu_ms["naive"])
         rows.append({
             "torch_threads": t,
+            "batched_workers": workers_for(t),
             "batched_samples_per_s": round(batched, 1),
             "naive_samples_per_s": round(naive, 1),
             "speedup": round(batched / naive, 2) if naive else None,
@@ -377,6 +384,7 @@ def throughput(checkpoint: str, work: Path, threads: list[int], clients: int, se
 def latency_sweep(checkpoint: str, work: Path, rates: list[float], seconds: float, threads: int,
                   nsfw_min_size: int) -> list[dict[str, Any]]:
     env = {"GANOPS_SERVING_TORCH_THREADS": str(threads),
+           "GANOPS_SERVING_BATCHING__WORKERS": str(workers_for(threads)),
            "GANOPS_SERVING_SAFETY__NSFW_MIN_IMAGE_SIZE": str(nsfw_min_size)}
     rows: list[dict[str, Any]] = []
     with serve(checkpoint, work, **env) as (port, _):
@@ -394,7 +402,7 @@ def latency_sweep(checkpoint: str, work: Path, rates: list[float], seconds: floa
 
 
 def soak(checkpoint: str, work: Path, seconds: float, clients: int, threads: int) -> dict[str, Any]:
-    env = {"GANOPS_SERVING_TORCH_THREADS": str(threads)}
+    env = {"GANOPS_SERVING_TORCH_THREADS": str(threads), "GANOPS_SERVING_BATCHING__WORKERS": str(workers_for(threads))}
     with serve(checkpoint, work, **env) as (port, pid):
         asyncio.run(closed_loop(port, clients, 5, 1, warmup=0))  # warm-up: caches, first batches
         before = rss_bytes(pid)
@@ -450,16 +458,18 @@ def markdown(figures: dict[str, Any]) -> str:
         "",
         f"Model: DCGAN {cfg['image_size']}×{cfg['image_size']}×3, latent {cfg['latent']}, width {cfg['width']}, "
         f"random weights (calibrated batch norm); memorization index of {cfg['index_size']} digits beside it. "
-        f"Server: `python -m ganops.serving` (uvicorn, one process) on 127.0.0.1; load generator in another "
+        f"Server: `python -m ganops.serving` (uvicorn with httptools and uvloop, one process) on 127.0.0.1; "
+        f"micro-batching runs forward pass + safety + watermark + encoding per batch in its worker thread(s); "
+        f"(b) and (c) use {cfg.get('latency_threads', 1)} torch thread(s). Load generator in another "
         f"process (raw HTTP/1.1 keep-alive). Machine: {os.cpu_count()} cores shared with other work "
         f"(1-minute load average {cfg['loadavg_start']} at start, {cfg.get('loadavg_after_throughput')} after (a), "
         f"{cfg.get('loadavg_end')} at the end: figures in samples/s are noisy; CPU ms/sample much less so).",
         "",
         f"## (a) Throughput at {cfg['clients']} concurrent clients, n={cfg['n']} (target ≥ 4×)",
         "",
-        "| torch threads | micro-batching samples/s | naive samples/s | speed-up | server CPU ms/sample "
-        "batched / naive (gain) | generator alone CPU ms/sample b=1 / b=32 (ratio) | generator alone wall "
-        "ms/sample b=1 / b=32 (ratio) | p95 batched / naive ms |",
+        "| torch threads (batch workers) | micro-batching samples/s | naive samples/s | speed-up | "
+        "server CPU ms/sample batched / naive (gain) | generator alone CPU ms/sample b=1 / b=32 (ratio) | "
+        "generator alone wall ms/sample b=1 / b=32 (ratio) | p95 batched / naive ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in figures["throughput"]:
@@ -467,7 +477,8 @@ def markdown(figures: dict[str, Any]) -> str:
         big = next(v for k, v in fwd.items() if k.startswith("ms_per_sample_batch_") and not k.endswith("_1"))
         big_cpu = next(v for k, v in fwd.items() if k.startswith("cpu_ms_per_sample_batch_") and not k.endswith("_1"))
         lines.append(
-            f"| {row['torch_threads']} | {row['batched_samples_per_s']} | {row['naive_samples_per_s']} | "
+            f"| {row['torch_threads']} ({row.get('batched_workers', 1)}) | {row['batched_samples_per_s']} | "
+            f"{row['naive_samples_per_s']} | "
             f"{row['speedup']}× | {row['batched_cpu_ms_per_sample']} / {row['naive_cpu_ms_per_sample']} "
             f"({row['cpu_efficiency_gain']}×) | {fwd['cpu_ms_per_sample_batch_1']} / {big_cpu} ({fwd['cpu_ratio']}×) | "
             f"{fwd['ms_per_sample_batch_1']} / {big} ({fwd['ratio']}×) | "
@@ -500,8 +511,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0, help="measured seconds per throughput run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating naive/batched rounds per setting")
     parser.add_argument("--threads", default="1,2", help="torch intra-op threads to compare")
-    parser.add_argument("--latency-threads", type=int, default=2)
-    parser.add_argument("--rates", default="5,10,15,20,25,30,35,40,50,60,80")
+    parser.add_argument("--latency-threads", type=int, default=1,
+                        help="torch threads of the server in (b) and (c) (with cores / threads batch workers)")
+    parser.add_argument("--rates", default="5,10,20,30,40,50,60,80,100,120,150")
     parser.add_argument("--forced-rates", default="2,4,6,8,10,15,20,25")
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--width", type=int, default=64)
@@ -529,7 +541,8 @@ def main() -> None:
         "config": {"image_size": IMAGE_SIZE, "latent": LATENT, "width": args.width, "clients": args.clients,
                    "n": args.n, "index_size": 1797, "loadavg_start": round(loadavg, 2),
                    "loadavg_after_throughput": round(loadavg_a, 2), "loadavg_end": round(loadavg_end, 2),
-                   "step_seconds": args.step_seconds, "throughput_seconds": args.seconds},
+                   "step_seconds": args.step_seconds, "throughput_seconds": args.seconds,
+                   "latency_threads": args.latency_threads},
         "throughput": rows,
         "notes": throughput_notes(rows),
         "latency_nsfw_policy": policy,

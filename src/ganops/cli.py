@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (or stopped cleanly by SIGTERM after a checkpoint; `promote`: promoted), 2 the job file or an
 argument is wrong, 3 the job cannot start (data, credentials, storage; `promote`: no readable checkpoint, or MLflow
-unavailable or refusing), 4 `promote` only: the gates rejected the checkpoint (it is registered, the alias did not
+unavailable or refusing; `serve`: the model reference cannot be resolved or read),
+4 `promote` only: the gates rejected the checkpoint (it is registered, the alias did not
 move), 1 anything unexpected.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -176,6 +178,79 @@ def generate(
     except SamplingError as exc:
         _fail([str(exc)], EXIT_CANNOT_START)
     typer.echo(f"wrote {n} samples to {output}")
+
+
+@app.command()
+def serve(
+    model: Annotated[str | None, typer.Option(
+        "--model", help="'name@alias' in the MLflow registry (alias default: production).")] = None,
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="Serve a checkpoint directly (no MLflow): a step folder or a job's root.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(
+        "--tracking-uri", help="MLflow for --model. Default: GANOPS_SERVING_MLFLOW_URI, MLFLOW_TRACKING_URI, else "
+        "the local sqlite store of `ganops run` under --home.")] = None,
+    home: Annotated[Path, typer.Option(help="Local state of `ganops run` (its MLflow store).")] = Path(".ganops"),
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default 8080).")] = None,
+    api_keys_file: Annotated[Path | None, typer.Option(
+        "--api-keys-file", help="Lines '<key-id>:<sha256-hex of the key>'. Without keys the API is open.")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML/JSON serving settings (as GANOPS_SERVING_CONFIG_FILE); GANOPS_SERVING_* variables "
+        "override it, these options override both.")] = None,
+) -> None:
+    """Serve a promoted model (or a checkpoint) over HTTP until SIGTERM or Ctrl-C: POST /v1/generate, /readyz,
+    /metrics, OpenAPI at /docs. Exit 0 once stopped (in-flight requests drained), 2 for bad options or settings,
+    3 when the model reference cannot be served."""
+    from pydantic import ValidationError
+
+    from ganops.serving.server import CannotServe, preflight
+    from ganops.serving.server import run as run_server
+    from ganops.serving.settings import ServingSettings
+    from ganops.trainer.run import LOCAL_MLFLOW_DB, local_tracking_uri
+
+    if model and checkpoint:
+        _fail(["give --model or --checkpoint, not both"], EXIT_INVALID)
+    overrides: dict[str, object] = {}
+    if config is not None:
+        overrides["config_file"] = config
+    if model:
+        uri = (tracking_uri or os.environ.get("GANOPS_SERVING_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI")
+               or (local_tracking_uri(home) if (home / LOCAL_MLFLOW_DB).is_file() else None))
+        if uri is None:
+            _fail([f"--model needs MLflow: pass --tracking-uri, or --home with a `ganops run` store "
+                   f"({home / LOCAL_MLFLOW_DB} does not exist)"], EXIT_INVALID)
+        overrides.update(model=model, mlflow_uri=uri, checkpoint_uri=None)
+    if checkpoint:
+        overrides.update(checkpoint_uri=checkpoint, model=None)
+    for key, value in (("host", host), ("port", port), ("api_keys_file", api_keys_file)):
+        if value is not None:
+            overrides[key] = value
+    try:
+        settings = ServingSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        _fail([f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()], EXIT_INVALID)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail([str(exc)], EXIT_INVALID)
+    if settings.api_keys_file is not None and not settings.api_keys_file.is_file():
+        _fail([f"--api-keys-file {settings.api_keys_file} does not exist"], EXIT_INVALID)
+    if not settings.model and not settings.checkpoint_uri:
+        _fail(["nothing to serve: pass --model name@alias or --checkpoint URI (or set GANOPS_SERVING_MODEL / "
+               "GANOPS_SERVING_CHECKPOINT_URI, or a --config file)"], EXIT_INVALID)
+    try:
+        ref = preflight(settings)
+    except CannotServe as exc:
+        _fail([str(exc)], EXIT_CANNOT_START)
+    what = f"{ref.name}@{ref.alias}" if settings.model else ref.checkpoint_uri
+    typer.echo(f"serving {what} (version {ref.version}) on http://{settings.host}:{settings.port}", err=True)
+
+    def stopped(signum: int, frame: object) -> None:
+        raise typer.Exit(0)
+
+    # uvicorn drains on SIGTERM/SIGINT, restores these handlers and raises the signal again: exit 0, not -15.
+    signal.signal(signal.SIGTERM, stopped)
+    signal.signal(signal.SIGINT, stopped)
+    run_server(settings)
+    typer.echo("stopped", err=True)
 
 
 def main() -> None:

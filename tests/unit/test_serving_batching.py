@@ -169,3 +169,44 @@ def test_the_direct_generator_runs_one_pass_per_request() -> None:
     run(main())
     assert sorted(size for _, size in forward.batches) == [1, 2, 3]
     assert time.perf_counter() - started < 10
+
+
+def test_two_workers_run_two_batches_side_by_side_and_close_waits_for_both() -> None:
+    model = FakeModel("m:1")
+    gate = threading.Event()
+    entered: list[int] = []
+    lock = threading.Lock()
+
+    def forward(m: Any, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
+        with lock:
+            entered.append(int(z.shape[0]))
+        assert gate.wait(10)
+        out: np.ndarray = z.numpy().copy()
+        return out
+
+    async def main() -> None:
+        batcher = MicroBatcher(ServingMetrics(process=False), max_wait_ms=0, forward=forward, workers=2)
+        await batcher.start()
+        first = asyncio.ensure_future(batcher.submit(model, _z(1, 0), None))  # type: ignore[arg-type]
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            if entered:
+                break
+        second = asyncio.ensure_future(batcher.submit(model, _z(2, 1), None))  # type: ignore[arg-type]
+        for _ in range(500):  # both batches reach the (blocked) forward pass: neither waits for the other
+            await asyncio.sleep(0.01)
+            if len(entered) == 2:
+                break
+        third = asyncio.ensure_future(batcher.submit(model, _z(3, 2), None))  # type: ignore[arg-type]
+        await asyncio.sleep(0.05)
+        assert sorted(entered) == [1, 2] and batcher.depth == 1  # no third worker: it waits in the queue
+        closing = asyncio.ensure_future(batcher.close(timeout=10))
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        gate.set()
+        results = await asyncio.gather(first, second, third)
+        await closing
+        assert [r.shape[0] for r in results] == [1, 2, 3] and float(results[2][0, 0]) == 2.0
+
+    run(main())
+    assert sorted(entered) == [1, 2, 3]

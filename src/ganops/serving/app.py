@@ -141,7 +141,7 @@ def create_app(
     if batching.enabled:
         generator = MicroBatcher(
             metrics, max_batch_size=batching.max_batch_size, max_wait_ms=batching.max_wait_ms,
-            max_queue=batching.max_queue, finish=finish,
+            max_queue=batching.max_queue, finish=finish, workers=batching.workers,
         )
     else:
         generator = DirectGenerator(metrics, max_queue=batching.max_queue, finish=finish,

@@ -6,9 +6,11 @@ which the API answers with 503 + Retry-After). One asyncio task takes the oldest
 up to ``max_batch_size`` samples and runs the forward pass in a single dedicated thread under
 ``torch.inference_mode``, followed in the same thread by ``finish``: the server's post-processing (safety filters,
 watermark, encoding, base64) done once for the whole batch, vectorised across its requests, so the event loop only
-parses requests and writes answers. While a batch runs, new requests queue up and form the next batch. Labels travel per
-sample, so conditional requests for different classes share a pass; versions never mix (a hot swap leaves queued
-requests for the old version to finish on it). A request larger than ``max_batch_size`` runs alone.
+parses requests and writes answers. While a batch runs, new requests queue up and form the next batch. With
+``workers`` > 1 (CPU serving: one per core, each with one torch thread) that many batches run side by side.
+Labels travel per sample, so conditional requests for different classes share a pass; versions never mix (a hot
+swap leaves queued requests for the old version to finish on it). A request larger than ``max_batch_size`` runs
+alone.
 
 Determinism: each request's latents come from its own seed, and a sample's output does not depend on its batch
 neighbours (eval mode: batch norm uses running statistics) up to float rounding in the last bits — identical after
@@ -103,9 +105,13 @@ class MicroBatcher:
         max_queue: int = 256,
         forward: Forward = _forward,
         finish: Finish | None = None,
+        workers: int = 1,
     ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
         self.metrics = metrics
         self.finish = finish
+        self.workers = workers
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue = max_queue
@@ -116,6 +122,8 @@ class MicroBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._closing = False
         self._idle: asyncio.Event | None = None
+        self._free: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -125,7 +133,8 @@ class MicroBatcher:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ganops-generate")
+        self._free = asyncio.Semaphore(self.workers)
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ganops-generate")
         self._task = asyncio.create_task(self._loop(), name="ganops-batcher")
 
     async def submit(self, model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None, job: Any = None) -> Any:
@@ -157,6 +166,8 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._running):
+            task.cancel()
         for item in self._pending:
             if not item.future.done():
                 item.future.set_exception(ShuttingDown("the server shut down before this request ran"))
@@ -167,12 +178,19 @@ class MicroBatcher:
     # ------------------------------------------------------------------------------------------------ worker
 
     async def _loop(self) -> None:
-        assert self._wake is not None and self._idle is not None
+        """Forms a batch whenever a worker is free: with ``workers`` > 1 batches run side by side (each worker
+        thread with its own share of the cores), while the next one gathers requests."""
+        assert self._wake is not None and self._idle is not None and self._free is not None
         while True:
             self._drop_abandoned()
             if not self._pending:
                 self._wake.clear()
                 await self._wake.wait()
+                continue
+            await self._free.acquire()
+            self._drop_abandoned()
+            if not self._pending:
+                self._free.release()
                 continue
             first = self._pending[0]
             while self._samples_for(first.model) < self.max_batch_size:
@@ -183,12 +201,22 @@ class MicroBatcher:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), remaining)
             batch = self._take(first.model)
-            if batch:
-                self._idle.clear()
-                try:
-                    await self._run(batch)
-                finally:
-                    self._idle.set()
+            if not batch:
+                self._free.release()
+                continue
+            self._idle.clear()
+            task = asyncio.create_task(self._run_released(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    async def _run_released(self, batch: list[_Item]) -> None:
+        assert self._free is not None and self._idle is not None
+        try:
+            await self._run(batch)
+        finally:
+            self._free.release()
+            if not self._running - {asyncio.current_task()}:
+                self._idle.set()
 
     def _drop_abandoned(self) -> None:
         while self._pending and self._pending[0].future.done():

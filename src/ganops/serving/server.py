@@ -10,14 +10,70 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from ganops.serving.app import create_app
+from ganops.serving.model_store import CheckpointResolver, ModelRef, RegistryResolver
 from ganops.serving.settings import ServingSettings
 
-__all__ = ["main", "run", "uvicorn_config"]
+__all__ = ["CannotServe", "main", "preflight", "run", "uvicorn_config"]
+
+
+class CannotServe(RuntimeError):
+    """What the settings name cannot be served: no such model/alias, MLflow or the checkpoint unreachable."""
+
+
+def preflight(settings: ServingSettings) -> ModelRef:
+    """Resolve what ``settings`` name once, before starting (``ganops serve``): the version the server will load.
+
+    A long-running server tolerates an unreachable MLflow (it stays not-ready and keeps polling); a person typing
+    ``ganops serve --model digits@production`` wants to hear at once that the name, the alias or the store is wrong.
+    Raises :class:`CannotServe` with a one-line reason.
+    """
+    from ganops import storage, tracking
+    from ganops.trainer.checkpoint import CheckpointError
+    from ganops.trainer.export import read_manifest
+
+    if settings.checkpoint_uri:
+        try:
+            ref, _ = CheckpointResolver(settings.checkpoint_uri, settings.model_name).resolve()
+        except (storage.StorageError, CheckpointError, ValueError, KeyError) as exc:
+            raise CannotServe(f"cannot read checkpoint {settings.checkpoint_uri}: {exc}") from None
+        assert ref is not None
+        return ref
+    if not settings.model:
+        raise CannotServe("nothing to serve: give a model ('name@alias' in MLflow) or a checkpoint URI")
+    uri = settings.resolved_mlflow_uri()
+    assert uri is not None  # the settings validator insists
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise CannotServe(f"no MLflow store at {path} (train and promote first, e.g. `ganops run JOB.yaml`)")
+    name, alias = settings.registered_name, settings.alias
+    where = tracking.redact(uri)
+    try:
+        primary, _ = RegistryResolver(uri, name, alias).resolve()
+        if primary is None:
+            versions = tracking.list_versions(uri, name)
+    except tracking.TrackingError as exc:
+        raise CannotServe(str(exc)) from None
+    if primary is None:
+        if not versions:
+            raise CannotServe(f"model {name!r} is not registered in MLflow at {where}")
+        known = sorted({a for v in versions for a in v.aliases})
+        raise CannotServe(
+            f"model {name!r} has no alias {alias!r} in MLflow at {where} "
+            f"(aliases: {', '.join(known) if known else 'none'}; versions: {', '.join(v.version for v in versions)})"
+        )
+    try:
+        read_manifest(primary.checkpoint_uri)
+    except (storage.StorageError, CheckpointError) as exc:
+        problem = f"{name}@{alias} is version {primary.version}, whose checkpoint cannot be read: {exc}"
+        raise CannotServe(problem) from None
+    return primary
 
 
 def uvicorn_config(settings: ServingSettings, **overrides: Any) -> uvicorn.Config:

@@ -67,6 +67,10 @@ class BatchingSettings(_Section):
     max_batch_size: int = Field(64, ge=1, le=4096, description="Samples per forward pass (bigger requests run alone).")
     max_wait_ms: float = Field(2.0, ge=0.0, le=1000.0, description="How long the first request waits for company.")
     max_queue: int = Field(256, ge=1, le=100_000, description="Requests waiting for the generator; more → 503.")
+    workers: int = Field(
+        1, ge=1, le=64, description="Batches run side by side, one worker thread each (CPU: about cores / "
+        "torch_threads; GPU: 1)."
+    )
     postprocess_threads: int = Field(
         2, ge=1, le=64, description="Without batching: threads for safety filters, watermark, encoding (batching "
         "does them in its one worker thread, vectorised over the batch)."
