@@ -517,6 +517,12 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert p.client.get("/readyz").json()["version"] == second["promotedVersion"]
 
     check_prometheus(p, started, statuses)
+    # A healthy run logs no error: not in the operator, not in any pod.
+    logs = {"operator": p.operator.output} | {path.parent.name: path.read_text(errors="replace")
+                                              for path in p.node.root.glob(f"{NS}/*/log")}
+    errors = {who: [line for line in text.splitlines() if " ERROR " in line or line.startswith("Traceback")]
+              for who, text in logs.items()}
+    assert not {who: lines for who, lines in errors.items() if lines}, errors
     mark("prometheus checked")
     print(f"\ne2e seconds since apply: {marks}")
 
