@@ -32,8 +32,10 @@ def _scalar(name: str, datatype: str, value: Any, shape: list[int] | None = None
 
 # (name, path, body, headers, expected status, field the error must name)
 CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
+    # Deeply nested JSON: json.loads gives up (400, the body) - or, when a library in the process raised the
+    # recursion limit, parses it and the field is refused (422, n). Either is a clear 4xx.
     ("truncated-json", "/v1/generate", b'{"n": 2,', JSON, 400, "body"),
-    ("json-nested-100k", "/v1/generate", b'{"n": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", JSON, 400, "body"),
+    ("json-nested-30k", "/v1/generate", b'{"n": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", JSON, 400, "body"),
     ("json-nested-2k", "/v1/generate", b'{"n": ' + b"[" * 2000 + b"]" * 2000 + b"}", JSON, 400, "body"),
     ("json-5000-digit-number", "/v1/generate", b'{"n": ' + b"9" * 5000 + b"}", JSON, 400, "body"),
     ("json-not-utf8", "/v1/generate", b'{"n": "\xff\xfe"}', JSON, 400, "body"),
@@ -111,6 +113,8 @@ def test_malformed_requests_get_a_4xx_naming_the_field_never_a_5xx(server: str, 
             except (ValueError, KeyError, TypeError):
                 failures.append(f"{name}: {response.status_code} without a JSON error: {response.text[:200]!r}")
                 continue
+            if name.startswith("json-nested") and response.status_code == 422:
+                status, field = 422, "n"
             named = error.get("field") == field or any(f.get("field") == field for f in error.get("fields") or [])
             if response.status_code != status or not named or not error.get("code") or "Traceback" in response.text:
                 failures.append(f"{name}: {response.status_code} {error}"[:400])

@@ -48,6 +48,7 @@ def test_s3_errors_mid_upload_and_mid_download_lose_nothing(
 def weather(moto_s3: MotoS3Server, tmp_path: Path, figures: dict[str, Any], *, rounds: int,
             mlflow: MlflowServer | None) -> None:
     rate = 0.25
+    ahead = sized(10, 20)  # steps trained per phase (the checkpoint interval is 10)
     name = f"weather-{uuid.uuid4().hex[:6]}"
     bucket = moto_s3.create_bucket("weather")
     job = grid_job(name, training={"steps": 1_000_000, "logEverySteps": LOG_EVERY},
@@ -71,14 +72,14 @@ def weather(moto_s3: MotoS3Server, tmp_path: Path, figures: dict[str, Any], *, r
                 proxy.set_faults(FaultPlan(rate=rate, methods=("PUT", "POST"), seed=round_, first=1))
                 before = proxy.faults()
                 start = stopped[-1] if stopped else 0
-                assert trainer.wait_event(_progress_at(start + 20), timeout=180), trainer.tail()
+                assert trainer.wait_event(_progress_at(start + ahead), timeout=180), trainer.tail()
                 if mlflow is not None:
                     mlflow.stop()  # MLflow goes away mid-training ...
                     mlflow.launch()  # ... and comes back in its own time (~10 s) while training goes on
                     outages += 1
                     mlflow.wait(120)
                 here = trainer.max_step()
-                assert trainer.wait_event(_progress_at(here + 20), timeout=180), trainer.tail()
+                assert trainer.wait_event(_progress_at(here + ahead), timeout=180), trainer.tail()
                 uploads += proxy.faults() - before
                 # Downloads fail too from here: the next attempt resumes through them.
                 proxy.set_faults(FaultPlan(rate=rate, methods=("GET", "HEAD"),

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.resilience.report import sized
 from tests.resilience.trainer_proc import TrainerProcess, audit_checkpoints
 from tests.support.jobs import grid_job, write_job
@@ -17,6 +19,7 @@ from tests.support.moto_server import MotoS3Server
 EVERY = 5  # checkpoint interval (steps)
 
 
+@pytest.mark.timeout(sized(600, 5400))  # the full run restarts the trainer 101 times
 def test_random_sigkills_lose_at_most_one_interval_and_corrupt_nothing(
     moto_s3: MotoS3Server, tmp_path: Path, figures: dict[str, Any]
 ) -> None:
@@ -75,8 +78,8 @@ def test_random_sigkills_lose_at_most_one_interval_and_corrupt_nothing(
         code = final.finish()
     assert code == 0, final.tail()
     resumed = final.resumed_step()
-    assert resumed is not None and reached - resumed <= EVERY
-    recoveries += 1
+    assert reached - (resumed or 0) <= EVERY, (reached, resumed)  # None: nothing was saved before (reached < EVERY)
+    recoveries += resumed is not None
     stopped = final.named("stopped")
     assert stopped, final.tail()
     audit = audit_checkpoints(root)
