@@ -322,8 +322,20 @@ def forward_ceiling(checkpoint: str, threads: int, batch: int) -> dict[str, floa
                 g(z)
             wall[size] = (time.perf_counter() - started) / runs / size * 1000
             cpu[size] = (time.process_time() - cpu_started) / runs / size * 1000
+        g16 = g.to(torch.bfloat16)
+        bf16: dict[int, float] = {}
+        for size in (1, batch):
+            z16 = torch.randn(size, LATENT, dtype=torch.bfloat16)
+            g16(z16)
+            runs = max(5, 192 // size)
+            cpu_started = time.process_time()
+            for _ in range(runs):
+                g16(z16)
+            bf16[size] = (time.process_time() - cpu_started) / runs / size * 1000
     torch.set_num_threads(before)
     return {
+        "bf16_cpu_ms_per_sample_batch_1": round(bf16[1], 2),
+        f"bf16_cpu_ms_per_sample_batch_{batch}": round(bf16[batch], 2),
         "ms_per_sample_batch_1": round(wall[1], 2),
         f"ms_per_sample_batch_{batch}": round(wall[batch], 2),
         "ratio": round(wall[1] / wall[batch], 2),
@@ -339,17 +351,22 @@ def workers_for(threads: int) -> int:
 
 
 def throughput(checkpoint: str, work: Path, threads: list[int], clients: int, seconds: float, n: int,
-               rounds: int) -> list[dict[str, Any]]:
+               rounds: int, bf16: bool = True) -> list[dict[str, Any]]:
+    """Per torch-thread setting: the naive server and the micro-batching one (fp32, same model, same filters),
+    alternating; with ``bf16`` also the micro-batching server at ``precision: bf16`` (opt-in; the naive server
+    stays at fp32, its fastest: bf16 is slower at batch 1)."""
     rows = []
+    modes = ("naive", "batched", "batched-bf16") if bf16 else ("naive", "batched")
     for t in threads:
-        measured: dict[str, list[float]] = {"batched": [], "naive": []}
-        cpu_ms: dict[str, list[float]] = {"batched": [], "naive": []}
-        p95: dict[str, list[float]] = {"batched": [], "naive": []}
+        measured: dict[str, list[float]] = {mode: [] for mode in modes}
+        cpu_ms: dict[str, list[float]] = {mode: [] for mode in modes}
+        p95: dict[str, list[float]] = {mode: [] for mode in modes}
         for _ in range(rounds):  # alternate, so drift of the shared machine hits both alike
-            for mode in ("naive", "batched"):
+            for mode in modes:
                 env = {"GANOPS_SERVING_TORCH_THREADS": str(t),
-                       "GANOPS_SERVING_BATCHING__ENABLED": "true" if mode == "batched" else "false",
-                       "GANOPS_SERVING_BATCHING__WORKERS": str(workers_for(t))}
+                       "GANOPS_SERVING_BATCHING__ENABLED": "false" if mode == "naive" else "true",
+                       "GANOPS_SERVING_BATCHING__WORKERS": str(workers_for(t)),
+                       "GANOPS_SERVING_PRECISION": "bf16" if mode == "batched-bf16" else "fp32"}
                 with serve(checkpoint, work, **env) as (port, pid):
                     asyncio.run(closed_loop(port, clients, 2.0, n, warmup=0))
                     cpu_before = cpu_seconds(pid)
@@ -364,7 +381,15 @@ def throughput(checkpoint: str, work: Path, threads: list[int], clients: int, se
                       f"{cpu_ms[mode][-1]:.1f} CPU ms/sample, {cpu_used / seconds:.2f} cores", flush=True)
         batched, naive = statistics.median(measured["batched"]), statistics.median(measured["naive"])
         cpu_batched, cpu_naive = statistics.median(cpu_ms["batched"]), statistics.median(cpu_ms["naive"])
+        extra: dict[str, Any] = {}
+        if bf16:
+            fast, fast_cpu = statistics.median(measured["batched-bf16"]), statistics.median(cpu_ms["batched-bf16"])
+            extra = {"bf16_batched_samples_per_s": round(fast, 1), "bf16_speedup": round(fast / naive, 2),
+                     "bf16_batched_cpu_ms_per_sample": round(fast_cpu, 2),
+                     "bf16_cpu_efficiency_gain": round(cpu_naive / fast_cpu, 2),
+                     "bf16_batched_p95_ms": round(statistics.median(p95["batched-bf16"]), 1)}
         rows.append({
+            **extra,
             "torch_threads": t,
             "batched_workers": workers_for(t),
             "batched_samples_per_s": round(batched, 1),
@@ -442,7 +467,15 @@ def throughput_notes(rows: list[dict[str, Any]]) -> list[str]:
         "servers since every request carries one sample. Batching cannot gain more than the larger of those "
         "ratios and the post-processing's, and the fixed per-request work pulls it below.",
         "On a machine shared with other work the naive server's ~40 runnable threads also win it a larger "
-        "share of the cores from the scheduler than the batched server's two busy threads: compare the CPU columns.",
+        "share of the cores from the scheduler than the batched server's two or three busy threads: compare the "
+        "CPU columns.",
+        "bf16 (AMX): the generator alone at batch 32 costs "
+        + ", ".join(f"{r['forward_only'].get('bf16_cpu_ms_per_sample_batch_32', '?')} CPU ms/sample in bf16 vs "
+                    f"{r['forward_only']['cpu_ms_per_sample_batch_1']} in fp32 at batch 1 ({r['torch_threads']} "
+                    f"thread(s)); bf16 at batch 1: {r['forward_only'].get('bf16_cpu_ms_per_sample_batch_1', '?')}"
+                    for r in rows)
+        + ". bf16 is opt-in: outputs move by a few grey levels from fp32 (the same seed still gives the same bytes "
+        "in any batch).",
     ]
 
 
@@ -483,6 +516,16 @@ def markdown(figures: dict[str, Any]) -> str:
             f"({row['cpu_efficiency_gain']}×) | {fwd['cpu_ms_per_sample_batch_1']} / {big_cpu} ({fwd['cpu_ratio']}×) | "
             f"{fwd['ms_per_sample_batch_1']} / {big} ({fwd['ratio']}×) | "
             f"{row['batched_p95_ms']} / {row['naive_p95_ms']} |")
+    if any("bf16_speedup" in row for row in figures["throughput"]):
+        lines += ["", "Opt-in `precision: bf16` (AMX on this CPU) for the micro-batching server, against the same "
+                  "fp32 naive server (bf16 is slower at batch 1, so fp32 is the naive server's best):", "",
+                  "| torch threads (batch workers) | bf16 batched samples/s | speed-up vs naive fp32 | "
+                  "CPU ms/sample bf16 batched / naive fp32 (gain) | p95 ms |", "|---|---|---|---|---|"]
+        for row in figures["throughput"]:
+            lines.append(
+                f"| {row['torch_threads']} ({row['batched_workers']}) | {row['bf16_batched_samples_per_s']} | "
+                f"{row['bf16_speedup']}× | {row['bf16_batched_cpu_ms_per_sample']} / {row['naive_cpu_ms_per_sample']}"
+                f" ({row['bf16_cpu_efficiency_gain']}×) | {row['bf16_batched_p95_ms']} |")
     lines += ["", *figures.get("notes", [])]
     for key, title in (("latency_nsfw_policy", "NSFW skipped below 96 px (default policy)"),
                        ("latency_nsfw_forced", "NSFW detector on every image (nsfw_min_image_size=0)")):
@@ -517,6 +560,7 @@ def main() -> None:
     parser.add_argument("--forced-rates", default="2,4,6,8,10,15,20,25")
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--no-bf16", action="store_true", help="skip the opt-in bf16 micro-batching runs")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -526,7 +570,7 @@ def main() -> None:
         loadavg = os.getloadavg()[0]
         print("(a) throughput", flush=True)
         rows = throughput(checkpoint, work, [int(t) for t in args.threads.split(",")], args.clients, args.seconds,
-                          args.n, args.rounds)
+                          args.n, args.rounds, bf16=not args.no_bf16)
         loadavg_a = os.getloadavg()[0]
         print("(b) latency", flush=True)
         rates = [float(r) for r in args.rates.split(",")]

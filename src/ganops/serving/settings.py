@@ -200,6 +200,10 @@ class ServingSettings(BaseSettings):
     shutdown_timeout_s: float = Field(30.0, ge=0.0, description="In-flight requests get this long on SIGTERM.")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads (default: torch's).")
     device: str = "cpu"
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: weights and activations in bfloat16 (CPUs with AMX, GPUs): ~2x faster at batch "
+        ">= 16 on AMX, slower at batch 1; outputs differ from fp32 by a grey level or two (same seed, same bytes)."
+    )
 
     # --- behaviour
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
