@@ -438,6 +438,8 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     for name, status in statuses.items():
         run = mlflow_client.get_run(status["mlflowRunId"])
         assert run.info.status == "FINISHED", run.info
+        uid = p.kube.get(GTJ, "gtj", NS, name)["metadata"]["uid"]
+        assert run.data.tags.get("ganops.job") == f"{NS}/{name}" and run.data.tags.get("ganops.jobUid") == uid
         quality = {"digits-e2e": "fid", "grid-e2e": "modes"}[name]
         assert any(key.split("/")[-1] == quality for key in run.data.metrics), (name, run.data.metrics)
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), run.info.artifact_uri  # proxied

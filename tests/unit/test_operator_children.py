@@ -178,6 +178,14 @@ def test_credentials_only_by_secret_reference() -> None:
     assert "GANOPS_CHECKPOINT_URI" not in {e["name"] for e in _container(no_secrets)["env"]}
 
 
+def test_the_trainer_gets_the_job_uid_it_tags_its_mlflow_run_with() -> None:
+    from ganops.trainer.tracking_hook import JOB_UID_ENV
+
+    env = {e["name"]: e.get("value") for e in _container(children.training_job(OWNER, VARIANTS["cpu"], CONFIG,
+                                                                                attempt=2))["env"]}
+    assert env[JOB_UID_ENV] == OWNER.uid
+
+
 def test_the_operator_decides_retries_and_the_trainer_gets_time_to_checkpoint() -> None:
     job = children.training_job(OWNER, VARIANTS["cpu"], OperatorConfig(termination_grace_seconds=300), attempt=4,
                                 restarts={"preemptions": 2, "failures": 1}, resume_from="s3://x/step-000000010")

@@ -173,6 +173,9 @@ def _env(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> list
     env: list[dict[str, Any]] = [
         {"name": "GANOPS_NAMESPACE", "value": owner.namespace},
         {"name": "GANOPS_JOB_NAME", "value": owner.name},
+        # The trainer tags its MLflow run with it (ganops.jobUid), so a re-created job of the same name gets its own
+        # run instead of continuing the deleted job's (ganops.trainer.tracking_hook.JOB_UID_ENV).
+        {"name": "GANOPS_JOB_UID", "value": owner.uid},
         {"name": "GANOPS_METRICS_PORT", "value": str(config.trainer_metrics_port)},
         {"name": "GANOPS_WORK_DIR", "value": "/tmp/ganops"},
         {"name": "HOME", "value": "/tmp/home"},
