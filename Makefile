@@ -82,5 +82,13 @@ images:
 	  done; \
 	fi
 
+# Fault injection at full size - 100 SIGKILLs of the trainer, preemptions through the operator, S3 errors and MLflow
+# restarts mid-training, operator SIGKILLs, serving under bad promotions and an MLflow outage - plus the bad-input
+# corpus; writes reports/resilience.md and reports/resilience.json. `make test` runs the same tests at fast sizes.
+.PHONY: resilience
+resilience: install
+	GANOPS_RESILIENCE=full GANOPS_RESILIENCE_REPORT=reports/resilience OMP_NUM_THREADS=1 \
+	  $(PY) -m pytest -q -p tests.resilience.report tests/resilience tests/badinput $(PYTEST_ARGS)
+
 clean:
 	rm -rf .ganops reports/*.tmp
