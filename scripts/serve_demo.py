@@ -52,6 +52,8 @@ class DemoResult:
     log_path: Path
     url: str = ""
     verdicts: Counter[str] = field(default_factory=Counter)
+    filters: list[str] = field(default_factory=list)
+    skipped_filters: dict[str, str] = field(default_factory=dict)
 
     @property
     def allowed(self) -> int:
@@ -66,6 +68,8 @@ class DemoResult:
             f"safety:     {self.allowed} allowed, {len(blocked)} blocked; verdicts: "
             + (", ".join(f"{name} x{count}" for name, count in sorted(self.verdicts.items())) or "none"),
         ]
+        skipped = ", ".join(f"{name} ({why})" for name, why in sorted(self.skipped_filters.items()))
+        out.append(f"filters:    {', '.join(self.filters) or 'none'}" + (f"; skipped: {skipped}" if skipped else ""))
         reasons = Counter(f"{s['blocked_by']}: {s['reason']}" for s in blocked)
         out += [f"            blocked {count}x by {reason}" for reason, count in reasons.most_common(5)]
         wm = self.watermark
@@ -173,6 +177,10 @@ def serve_and_fetch(
             if time.monotonic() > deadline:
                 raise DemoError(f"the server was not ready within {ready_timeout:g} s:\n{_tail(log_path)}")
             time.sleep(0.2)
+        status, models = _request(url + "/v1/models", key=key)
+        if status != 200:
+            raise DemoError(f"GET /v1/models answered {status}: {models}")
+        served: dict[str, Any] = next((m for m in models.get("models", []) if m.get("role") == "primary"), {})
         status, body = _request(url + "/v1/generate", {"n": n, "seed": seed, "grid": True, "format": "png"}, key)
         if status != 200:
             raise DemoError(f"POST /v1/generate answered {status}: {body}")
@@ -192,7 +200,8 @@ def serve_and_fetch(
     if exit_code != 0:
         raise DemoError(f"the server did not stop cleanly (exit code {exit_code}):\n{_tail(log_path)}")
     return DemoResult(grid_path, body["model"], str(body["version"]), str(body.get("alias")), int(body["seed"]),
-                      list(body["samples"]), watermark, exit_code, log_path, url, verdicts)
+                      list(body["samples"]), watermark, exit_code, log_path, url, verdicts,
+                      list(served.get("filters", [])), dict(served.get("skipped_filters", {})))
 
 
 def main(argv: list[str] | None = None) -> int:

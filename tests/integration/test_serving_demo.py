@@ -57,6 +57,7 @@ def test_the_demo_serves_the_promoted_model_and_saves_a_watermarked_grid(
     assert "safety:     16 allowed, 0 blocked" in printed and "memorization pass x16" in printed
     with Image.open(io.BytesIO(output.read_bytes())) as image:
         assert image.format == "PNG" and image.size == (4 * 8 + 5 * 2, 4 * 8 + 5 * 2)  # 4×4 tiles of 8 px
+    assert "filters:    degenerate, memorization; skipped: nsfw (below_min_size)" in printed
     assert "present=True" in printed and f"model=digits:{version}" in printed
     assert "server exit code 0" in printed
     keys = (home / "api-keys").read_text()
