@@ -519,6 +519,23 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert p.client.get("/readyz").json()["version"] == second["promotedVersion"]
 
     check_prometheus(p, started, statuses)
+    # The safety pipeline does filter: near-identical samples (a tiny truncation) are withheld by the degenerate
+    # filter (duplicates of each other, or a collapsed batch), and every withheld sample is audited in S3 under its
+    # request id. (After the alert checks: a burst of blocks is what the block-rate alert is for.)
+    duplicates = p.client.post("/v1/generate", json={"n": 4, "seed": 5, "truncation": 0.001})
+    assert duplicates.status_code == 200, duplicates.text
+    answer = duplicates.json()
+    withheld = [s for s in answer["samples"] if not s["allowed"]]
+    assert len(withheld) == answer["blocked"] >= 3, answer["samples"]
+    assert all(s["blocked_by"] == "degenerate" and s["data"] is None for s in withheld), withheld
+    audit_root = f"s3://{p.bucket}/audit"
+    (record_uri,) = poll(lambda: [u for u in storage.open_store(audit_root).list(audit_root + "/")
+                                  if answer["request_id"] in u], 30, "the audit record in S3")
+    records = [json.loads(line) for line in storage.open_store(audit_root).get_bytes(record_uri).splitlines()]
+    assert sorted(r["sample_index"] for r in records) == [s["index"] for s in withheld]
+    assert {(r["filter"], r["outcome"], r["version"]) for r in records} == {
+        ("degenerate", "block", second["promotedVersion"])}
+
     # A healthy run logs no error: not in the operator, not in any pod.
     logs = {"operator": p.operator.output} | {path.parent.name: path.read_text(errors="replace")
                                               for path in p.node.root.glob(f"{NS}/*/log")}
