@@ -201,8 +201,8 @@ class ServingSettings(BaseSettings):
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads (default: torch's).")
     device: str = "cpu"
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: weights and activations in bfloat16 (CPUs with AMX, GPUs): ~2x faster at batch "
-        ">= 16 on AMX, slower at batch 1; outputs differ from fp32 by a grey level or two (same seed, same bytes)."
+        "fp32", description="bf16: weights and activations in bfloat16 (CPUs with AMX, GPUs): 2-3x cheaper at batch "
+        ">= 16 on AMX, little gain at batch 1; outputs differ from fp32 by a few grey levels (same seed, same bytes)."
     )
 
     # --- behaviour
