@@ -124,6 +124,11 @@ class CheckpointManager:
             }
             manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
             try:
+                # This step's folder may remain from an attempt killed after its manifest but before latest.json
+                # named it (the resumed run reaches the same step again, with other bytes unless deterministic):
+                # drop that manifest first, so a re-upload cut short never sits beside a manifest that vouches for
+                # other files.
+                self.store.delete(storage.join(step_uri, MANIFEST))
                 for name in files:
                     self.store.put_file(storage.join(step_uri, name), local / name)
                 self.store.put_bytes(storage.join(step_uri, MANIFEST), manifest_bytes)
