@@ -67,6 +67,18 @@ HEADLINE = [
 ]
 
 
+# What these runs found in the product (each fixed, with a regression test that names it).
+FINDINGS = [
+    "100-kill run, kill 18: a step folder held re-uploaded weights beside the manifest of an earlier attempt "
+    "(killed after the manifest, before latest.json) - `CheckpointManager.save` now drops a step's old manifest "
+    "first (tests/resilience/test_checkpoint_reupload.py).",
+    "`ganops validate`: deeply nested YAML and 5000-digit numbers crashed with a traceback; duplicate keys were "
+    "silently merged; `true` passed as a number; NaN was reported as a bound (tests/badinput/corpus.py).",
+    "Serving: JSON bodies `json.loads` cannot read (deep nesting, huge numbers, not UTF-8) got a generic 400 "
+    "without the field; now 400 malformed_json naming the body (tests/badinput/test_http.py).",
+]
+
+
 def _totals() -> dict[str, Any]:
     totals: dict[str, Any] = {}
     for figures in FIGURES.values():
@@ -89,6 +101,7 @@ def _markdown(data: dict[str, Any]) -> str:
         "|---|---:|",
     ]
     lines += [f"| {label} | {totals[key]} |" for label, key in HEADLINE if key in totals]
+    lines += ["", "## Found and fixed", ""] + [f"- {finding}" for finding in FINDINGS]
     lines += ["", "## Per test", "", "| test | outcome | s | figures |", "|---|---|---:|---|"]
     for nodeid in sorted(set(data["outcomes"]) | set(data["figures"])):
         outcome = data["outcomes"].get(nodeid, {})
