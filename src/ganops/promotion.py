@@ -29,6 +29,9 @@ Model version tags (what serving reads; ``ModelVersionInfo.checkpoint_uri`` is t
                                    weights by regenerating them
 ``ganops.gates``                   ``passed`` or ``rejected``; ``ganops.gates.failures`` the reasons
 ``ganops.specHash`` ``ganops.manifestSha256``  lineage of the weights
+``ganops.memorization_index``     URI of the training set's memorization index, from the manifest's
+                                  ``memorizationIndex`` (written by the trainer, `ganops.trainer.memorization`);
+                                  set only when that object exists, so serving's filter is on for this version
 =================================  ================================================================================
 
 torch is imported only to render samples (``render_samples=True``, the default), so the operator image can call
@@ -70,6 +73,8 @@ GENERATION_TAG_PREFIX = "ganops.generation."
 SAMPLES_SHA_TAG = "ganops.samples.sha256"
 SAMPLES_N_TAG = "ganops.samples.n"
 MANIFEST_SHA_TAG = "ganops.manifestSha256"
+MEMORIZATION_TAG = "ganops.memorization_index"  # what serving's model store follows
+MEMORIZATION_MANIFEST_KEY = "memorizationIndex"  # = ganops.trainer.memorization.MANIFEST_KEY (no torch import here)
 
 
 class PromotionError(RuntimeError):
@@ -224,6 +229,32 @@ def manifest_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
     if not isinstance(raw, Mapping):
         return {}
     return {str(k): v for k, value in raw.items() if (v := _finite_number(value)) is not None}
+
+
+def memorization_index_of(manifest: Mapping[str, Any], step_uri: str) -> str | None:
+    """The memorization index a checkpoint's manifest names, if that object exists (reads no tensors).
+
+    The trainer records the URI it wrote (``<checkpoint.uri>/_reference/<key>.memorization.safetensors``). When
+    that URI does not resolve here (a relative ``file://`` checkpoint URI, a store mounted elsewhere), the same
+    file name under the ``_reference/`` folder three levels above the step folder (``<checkpoint.uri>`` of
+    ``<checkpoint.uri>/<namespace>/<job>/step-…``) is tried. None when neither exists: the version gets no tag
+    (a tag naming a missing index would keep serving from loading the model)."""
+    recorded = manifest.get(MEMORIZATION_MANIFEST_KEY)
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    candidates = [recorded]
+    parts = step_uri.rstrip("/").rsplit("/", 3)
+    if len(parts) == 4 and ("://" in parts[0] or "://" not in step_uri) and not parts[0].endswith(":/"):
+        candidates.append(storage.join(parts[0], "_reference", recorded.rsplit("/", 1)[-1]))
+    for uri in candidates:
+        try:
+            if storage.open_store(uri).exists(uri):
+                return uri
+        except storage.StorageError as exc:
+            log.warning("memorization index %s not checked: %s", uri, exc)
+    log.warning("the manifest of %s names memorization index %s, which does not exist: no %s tag (serving's "
+                "memorization filter will be off for this version)", step_uri, recorded, MEMORIZATION_TAG)
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ samples
@@ -449,6 +480,8 @@ def promote(
         tags[GATE_FAILURES_TAG] = "; ".join(decision.failures)[:4000]
     if choice.manifest.get("specHash"):
         tags[tracking.SPEC_HASH_TAG] = str(choice.manifest["specHash"])
+    if (index_uri := memorization_index_of(choice.manifest, choice.uri)) is not None:
+        tags[MEMORIZATION_TAG] = index_uri
     if samples is not None:
         tags[SAMPLES_SHA_TAG] = samples_sha256(samples)
         tags[SAMPLES_N_TAG] = str(settings.sample_count)
@@ -491,6 +524,7 @@ __all__ = [
     "choose_checkpoint",
     "evaluate_gates",
     "manifest_metrics",
+    "memorization_index_of",
     "promote",
     "render_samples",
     "samples_png",

@@ -19,7 +19,19 @@ from typer.testing import CliRunner
 from ganops import tracking
 from ganops.api.spec import GanTrainingJob
 from ganops.cli import app
-from ganops.promotion import choose_checkpoint, promote, samples_png, samples_sha256
+from ganops.operator.promotion import promote_job
+from ganops.promotion import (
+    MEMORIZATION_TAG,
+    choose_checkpoint,
+    memorization_index_of,
+    promote,
+    samples_png,
+    samples_sha256,
+)
+from ganops.serving.model_store import ModelLoader, RegistryResolver
+from ganops.serving.safety import RequestContext, make_samples
+from ganops.serving.settings import ServingSettings
+from ganops.trainer.data import digits
 from ganops.trainer.export import load_generator
 from ganops.trainer.loop import generate
 from ganops.trainer.run import run_local
@@ -170,3 +182,53 @@ def test_promote_cli_exit_codes(trained: Trained, tmp_path: Path) -> None:
     assert (tmp_path / "grid.png").read_bytes().startswith(b"\x89PNG")
     missing = CliRunner().invoke(app, [*args[1:4], f"file://{tmp_path}/nothing", *args[5:]])
     assert missing.exit_code == 3 and "no checkpoint under" in missing.output
+
+
+def test_promoted_versions_carry_the_trainers_memorization_index_and_serve_with_the_filter_on(
+    trained: Trained,
+) -> None:
+    uri = trained.tracking_uri
+    best = choose_checkpoint(trained.root)
+    index_uri = best.manifest["memorizationIndex"]
+    assert index_uri == f"file://{trained.home.resolve()}/checkpoints/_reference/" + index_uri.rsplit("/", 1)[-1]
+
+    # the CLI/`ganops run` path and the operator's (render=False: no torch, no dataset) tag the version alike
+    cli = promote(_with(trained), trained.root, uri)
+    operator_model = f"{trained.model}-op"
+    outcome = promote_job(_with(trained, modelName=operator_model).spec, namespace="default", name="digits-promo",
+                          checkpoint_root=trained.root, tracking_uri=uri)
+    assert outcome.kind == "promoted", outcome
+    for model, version in ((trained.model, cli.version), (operator_model, outcome.version)):
+        info = tracking.get_version(uri, model, str(version))
+        assert info is not None and info.tags[MEMORIZATION_TAG] == index_uri
+
+    # serving resolves operator_model@production, loads the version: the memorization filter is on, with that index
+    ref, _ = RegistryResolver(uri, operator_model, "production").resolve()
+    assert ref is not None and ref.version == outcome.version
+    settings = ServingSettings(model=f"{operator_model}@production", mlflow_uri=uri, safety={"audit_uri": None})
+    loaded = ModelLoader(settings, watermark_key=b"k" * 32)(ref)
+    assert loaded.memorization_index == index_uri
+    assert "memorization" in loaded.pipeline.filter_names and "memorization" not in loaded.skipped_filters
+
+    # training digits handed to the pipeline as if generated are blocked by it; noise and the model's own samples
+    # pass the memorization filter
+    real = digits().data.numpy()[[0, 1000]]
+    noise = np.random.default_rng(0).uniform(-1, 1, size=(1, 1, 8, 8)).astype(np.float32)
+    decisions = loaded.pipeline.run(make_samples(np.concatenate([real, noise])), RequestContext("t", operator_model))
+    assert [d.blocked_by for d in decisions] == ["memorization", "memorization", None]
+    assert decisions[2].allowed
+    memorization = next(f for f in loaded.pipeline.filters if f.name == "memorization")
+    own = make_samples(loaded.forward(loaded.latents(4, 7, None), None))
+    assert [v.outcome for v in memorization.check(own, RequestContext("t"))] == ["pass"] * 4
+
+
+def test_a_manifest_naming_a_missing_index_gets_no_tag(trained: Trained, tmp_path: Path) -> None:
+    best = choose_checkpoint(trained.root)
+    manifest = dict(best.manifest, memorizationIndex=(tmp_path / "gone.memorization.safetensors").as_uri())
+    assert memorization_index_of(manifest, best.uri) is None
+    assert memorization_index_of({}, best.uri) is None
+    assert memorization_index_of(best.manifest, best.uri) == best.manifest["memorizationIndex"]
+    # recorded relative to another working directory: found under the step's own <checkpoint.uri>/_reference/
+    relative = dict(best.manifest, memorizationIndex="file://.ganops/checkpoints/_reference/"
+                    + best.manifest["memorizationIndex"].rsplit("/", 1)[-1])
+    assert memorization_index_of(relative, best.uri) == best.manifest["memorizationIndex"]

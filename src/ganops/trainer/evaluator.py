@@ -72,6 +72,7 @@ __all__ = [
     "Evaluator",
     "ReferenceStats",
     "build_job_extractor",
+    "dataset_fingerprint",
     "kid_precomputed",
     "promotion_metric",
     "resolve_extractor_name",
@@ -207,8 +208,9 @@ class ReferenceStats:
     source: str = "computed"  # "computed" | "cache"
 
 
-def _fingerprint(dataset: Dataset) -> str:
-    """Content hash of a finite dataset (strided beyond `_FINGERPRINT_BYTES`); the mixtures are their constants."""
+def dataset_fingerprint(dataset: Dataset) -> str:
+    """Content hash of a finite dataset (strided beyond `_FINGERPRINT_BYTES`); the mixtures are their constants.
+    Also keys the trainer's memorization index (`ganops.trainer.memorization`)."""
     h = hashlib.sha256()
     if isinstance(dataset, MixtureDataset):
         h.update(dataset.mode_centers.contiguous().numpy().tobytes())
@@ -312,7 +314,7 @@ class Evaluator:
         identity = {
             "format": REFERENCE_FORMAT,
             "dataset": self.dataset.uri,
-            "content": _fingerprint(self.dataset),
+            "content": dataset_fingerprint(self.dataset),
             "shape": list(self.dataset.sample_shape),
             "extractor": self.extractor_name,
             "weights": self._weights_identity(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -50,8 +51,11 @@ from ganops.trainer.health import (
     health_event,
 )
 from ganops.trainer.losses import discriminator_step_loss, generator_step_loss
+from ganops.trainer.memorization import MANIFEST_KEY, ensure_index
 from ganops.trainer.models import build_models, sample_latent
 from ganops.trainer.progress import Progress, event
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT_URI = "file://.ganops/checkpoints"
 PROBE_POINTS = 512  # diversity probe size for 2-D data
@@ -164,6 +168,8 @@ class Trainer:
         self.evaluator = Evaluator(spec, self.dataset, reference_root=ctx.checkpoint_uri, device=self.device) \
             if main else None
         self.last_evaluation: EvaluationReport | None = None
+        self._memorization_index: str | None = None
+        self._memorization_checked = not main  # rank 0 builds (or finds) the index at its first checkpoint
         self.health = HealthRecord()
         self.health_events: list[dict[str, Any]] = []  # this attempt's events; the "health" moment fires per event
         self.health_state: dict[str, Any] = {"diversity": None, "d_accuracy": None, "collapse_suspected": False,
@@ -242,11 +248,27 @@ class Trainer:
                 "cost": cost_of(self.spec, self.elapsed_seconds).as_wire(),
                 "generation": {"latentDim": self.spec.model.latent_dim, "numClasses": self.spec.model.num_classes},
                 "model": self.spec.model.model_dump(mode="json", by_alias=True, exclude_none=True),
+                **({MANIFEST_KEY: index} if (index := self.memorization_index()) else {}),
                 **(info or {}),
             },
         )
         event("checkpoint_saved", step=self.step, uri=record["uri"])
         return record
+
+    def memorization_index(self) -> str | None:
+        """URI of the training set's memorization index (`ganops.trainer.memorization`): found or built once per
+        attempt, on rank 0; None for the 2-D mixtures, on other ranks, or when building failed (logged, never
+        fatal: serving then runs without the memorization filter for this model)."""
+        if not self._memorization_checked:
+            self._memorization_checked = True
+            try:
+                self._memorization_index = ensure_index(self.dataset, self.ctx.checkpoint_uri)
+            except Exception as exc:  # a safety extra, not a reason to lose a training run
+                log.warning("memorization index not built (%s: %s): serving's memorization filter will be off "
+                            "for this job's models", type(exc).__name__, exc)
+                event("memorization_index_failed", error=f"{type(exc).__name__}: {exc}",
+                      note="checkpoints carry no memorizationIndex; serving's memorization filter will be off")
+        return self._memorization_index
 
     # ----------------------------------------------------------------- one step
 
