@@ -11,11 +11,17 @@ import numpy as np
 import pytest
 
 from ganops import storage
-from ganops.serving.safety import MemorizationIndex
+from ganops.serving.safety import MemorizationIndex, pixel_features
 from ganops.trainer.checkpoint import CheckpointManager
 from ganops.trainer.data import digits, grid25
 from ganops.trainer.loop import RunContext, Trainer
-from ganops.trainer.memorization import MANIFEST_KEY, index_key, index_uri, training_examples
+from ganops.trainer.memorization import (
+    MANIFEST_KEY,
+    index_key,
+    index_uri,
+    training_examples,
+    training_features,
+)
 from tests.support.jobs import as_job, digits_job, grid_job
 
 TINY = {"training": {"steps": 4, "logEverySteps": 2}, "checkpoint": {"everySteps": 2},
@@ -56,6 +62,9 @@ def test_index_is_built_once_per_dataset_and_named_in_every_manifest(
     index = MemorizationIndex.from_bytes(written)
     images = data.data.numpy()
     assert index.features.shape == (len(images), 256) and index.metadata["dataset"] == "builtin:digits"
+    # the features serving's filter computes, under the name it checks
+    assert index.metadata["feature"] == "pixels-grey16-l2"
+    assert np.allclose(index.features, pixel_features(images), atol=1e-6)
     assert index.threshold > 0
     distances, nearest = index.nearest(index.features[[0, 500]])
     assert np.allclose(distances, 0.0, atol=1e-5) and list(nearest) == [0, 500]
@@ -100,3 +109,7 @@ def test_large_sets_are_capped_to_a_seeded_subset() -> None:
     assert index_key(data, 100) != index_key(data)
     whole = training_examples(data)
     assert whole is not None and np.array_equal(whole, data.data.numpy())
+    # features computed a chunk at a time are the features of the whole (capped) set
+    chunked = training_features(data, 100, chunk=7)
+    assert chunked is not None and chunked[1] == "pixels-grey16-l2"
+    assert np.allclose(chunked[0], pixel_features(capped), atol=1e-6)
