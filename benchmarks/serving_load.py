@@ -487,7 +487,7 @@ def throughput_notes(rows: list[dict[str, Any]]) -> list[str]:
             f"(bf16 at batch 1: {r['forward_only']['bf16_cpu_ms_per_sample_batch_1']})"
             for r in rows
         ]
-        notes.append("bf16 on AMX, the generator alone: " + "; ".join(parts) + ". AMX pays only with a batch. "
+        notes.append("bf16 on AMX, the generator alone: " + "; ".join(parts) + ". AMX pays most with a batch. "
                      "bf16 is opt-in: outputs move by a few grey levels from fp32 (the same seed still gives the "
                      "same bytes in any batch).")
     return notes
