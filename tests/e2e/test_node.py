@@ -150,3 +150,23 @@ def test_expand_follows_kubernetes_rules() -> None:
     assert expand("$(A)-$(B)", env) == "1-two"
     assert expand("$(MISSING) stays", env) == "$(MISSING) stays"
     assert expand("$$(A) is escaped", env) == "$(A) is escaped"
+
+
+def test_the_image_env_is_not_taken_for_a_mount_path(kube_api: KubeAPI, tmp_path: Path) -> None:
+    """A venv that happens to live under a path the pod mounts (CI clones under /tmp; pods mount /tmp) stays on
+    the image's PATH as it is; only what the pod spec sets is rewritten."""
+    kube_api.ensure_namespace(NS)
+    bin_dir = tmp_path / "image-bin"
+    bin_dir.mkdir()
+    tool = bin_dir / "hello-tool"
+    tool.write_text('#!/bin/sh\necho "hello from the image" > "$OUT/hello.txt"\n')
+    tool.chmod(0o755)
+    mount = str(tmp_path)  # the pod mounts an emptyDir over the folder that holds the image's bin
+    body = job("image-path", "hello-tool", volumeMounts=[{"name": "scratch", "mountPath": mount}],
+               volumes=[{"name": "scratch", "emptyDir": {}}])
+    with Node(kube_api, tmp_path / "node", image_env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, namespaces=(NS,),
+              poll_seconds=0.05) as node:
+        kube_api.create(body)
+        wait_condition(kube_api, "image-path", "Complete")
+        (pod,) = pods_of(kube_api, "image-path")
+        assert (data_dir(node, pod) / "hello.txt").read_text() == "hello from the image\n"

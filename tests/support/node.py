@@ -399,7 +399,10 @@ class Node:
                     "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
             return
         self.pod_errors.pop(key, None)
-        env = {key_: _rewrite(value, mounts) for key_, value in env.items()}
+        # The image's own variables (PATH to the venv, …) are host paths already: a venv under /tmp must not be
+        # taken for the pod's /tmp mount. Only what the pod spec set is rewritten.
+        env = {key_: value if self.image_env.get(key_) == value else _rewrite(value, mounts)
+               for key_, value in env.items()}
         argv = [_rewrite(expand(arg, env), mounts)
                 for arg in [*(container_spec.get("command") or []), *(container_spec.get("args") or [])]]
         workdir = Path(_rewrite(container_spec["workingDir"], mounts)) if container_spec.get("workingDir") \
