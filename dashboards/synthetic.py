@@ -184,6 +184,8 @@ class Synthetic:
             _gauge("ganops_serving_ready", (), [((), 1)]),
             _counter("ganops_model_load_failures_total", ("model",),
                      [(("faces",), math.floor(t / 30)), (("digits",), 0)]),
+            _counter("ganops_model_store_errors_total", ("model",),
+                     [(("faces",), math.floor(t / 20)), (("digits",), 0)]),
         ]
 
     def dcgm(self, t: float) -> list[Metric]:

@@ -238,7 +238,8 @@ COMPONENT_SERIES = {
     "serving": (SRC / "serving", [
         "ganops_serving_request_duration_seconds", "ganops_serving_stage_duration_seconds",
         "ganops_serving_samples", "ganops_serving_batch_size", "ganops_serving_queue_depth",
-        "ganops_safety_decisions", "ganops_model_info", "ganops_serving_ready", "ganops_model_load_failures"]),
+        "ganops_safety_decisions", "ganops_model_info", "ganops_serving_ready", "ganops_model_load_failures",
+        "ganops_model_store_errors"]),
 }
 ENTRY_POINTS = {"trainer": SRC / "trainer" / "telemetry.py", "operator": SRC / "operator" / "main.py",
                 "serving": SRC / "serving" / "app.py"}
