@@ -47,7 +47,7 @@ test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts dashboards
 	$(VENV)/bin/mypy
 
 bench: install
