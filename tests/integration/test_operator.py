@@ -318,7 +318,7 @@ def test_ttl_after_finished_deletes_the_resource(kube_api: KubeAPI, operator: Ko
     write_latest(checkpoints, "brief", 20)
     complete_job(kube_api, NS, "brief")
     wait_status(kube_api, "brief", lambda s: s.get("phase") == "Succeeded", "Succeeded")
-    kube_api.wait_for(lambda: kube_api.get_or_none(GTJ, "gtj", NS, "brief") is None, timeout=8,
+    kube_api.wait_for(lambda: kube_api.get_or_none(GTJ, "gtj", NS, "brief") is None, timeout=20,
                       message="deleted after its TTL")
     assert kube_api.get_or_none("v1", "ConfigMap", NS, "brief-spec") is None
 
@@ -358,7 +358,9 @@ def test_cost_accrues_from_observed_gpu_time(kube_api: KubeAPI, operator: KopfRu
     kube_api.wait_for(lambda: the_job(kube_api, "meter"))
     # Two pods × 2 GPUs running for 30 minutes = 2 GPU-hours (67 %); 45 minutes = 3 GPU-hours: over budget.
     start_job_pods(kube_api, NS, "meter", started_at=dt.datetime.now(tz=dt.UTC) - dt.timedelta(minutes=30))
-    status = wait_status(kube_api, "meter", lambda s: s.get("phase") == "Running", "Running")
+    # The pods start one after the other: the operator may first see one of them (1 GPU-hour); wait for both.
+    status = wait_status(kube_api, "meter", lambda s: s.get("phase") == "Running"
+                         and (s.get("cost") or {}).get("gpuHours", 0) > 1.5, "Running with both pods' GPU time")
     assert status["cost"]["gpuHours"] == pytest.approx(2.0, abs=0.01) and status["cost"]["usd"] == pytest.approx(
         2.0, abs=0.01)
     assert condition(status, "BudgetWarning") == {}
