@@ -333,7 +333,7 @@ def start_prometheus(
 
 def _require_binary() -> None:
     if prometheus_executable() is None:
-        pytest.skip("prometheus is not installed (make system-deps)")
+        pytest.skip(reason="prometheus is not installed (make system-deps)")
 
 
 @pytest.fixture(scope="session")

@@ -173,7 +173,7 @@ def test_real_detector_fires_on_a_real_photo_and_the_filter_blocks_it(nudenet_de
 
     photo = os.path.join(os.path.dirname(matplotlib.__file__), "mpl-data", "sample_data", "grace_hopper.jpg")
     if not os.path.isfile(photo):
-        pytest.skip("matplotlib's sample photo is not installed")
+        pytest.skip(reason="matplotlib's sample photo is not installed")
     pixels = np.asarray(Image.open(photo).convert("RGB"))
     (detections,) = nudenet_detector.detect([pixels])
     faces = [d for d in detections if d.label == "FACE_FEMALE"]

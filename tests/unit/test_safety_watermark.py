@@ -178,7 +178,7 @@ def test_large_images_also_carry_dwtdct(marker: Watermarker) -> None:
     pytest.importorskip("imwatermark", reason="invisible-watermark is not installed")
     picture = photo()
     if picture is None:
-        pytest.skip("needs matplotlib's sample photo (dwtDct is meant for natural images)")
+        pytest.skip(reason="needs matplotlib's sample photo (dwtDct is meant for natural images)")
     large = resize(picture, 256)
     assert large.shape[0] * large.shape[1] >= DWT_MIN_PIXELS
     marked = marker.embed(large)
