@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -46,7 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec, spec_hash
 
 _LOG = logging.getLogger(__name__)
 
@@ -221,13 +220,6 @@ def flatten_spec(spec: GanTrainingJob | GanTrainingJobSpec) -> dict[str, str]:
 
     walk("", wire)
     return flat
-
-
-def spec_hash(spec: GanTrainingJob | GanTrainingJobSpec) -> str:
-    """Hash of the fields that decide the weights; the same value as ``ganops.trainer.loop.spec_hash`` (which
-    the checkpoint manifest records), computed here without importing torch."""
-    relevant = _as_spec(spec).model_dump(mode="json", include={"model", "loss", "optimizer", "dataset", "training"})
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _git_commit() -> str | None:

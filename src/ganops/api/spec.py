@@ -6,6 +6,8 @@ configuration are all derived from these models. Wire names are camelCase; units
 
 from __future__ import annotations
 
+import hashlib
+import json
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -20,8 +22,6 @@ API_VERSION = "v1alpha1"
 KIND = "GanTrainingJob"
 PLURAL = "gantrainingjobs"
 SHORT_NAME = "gtj"
-
-TWO_D_DATASETS = ("builtin:ring8", "builtin:grid25")
 
 
 def _scalar_kinds(annotation: Any) -> set[Any]:
@@ -285,3 +285,15 @@ class GanTrainingJob(_Wire):
     spec: GanTrainingJobSpec
     status: GanTrainingJobStatus | None = None
 
+
+
+# The parts of a spec that decide the weights: a checkpoint written under another value is a different model.
+_WEIGHT_DECIDING = {"model", "loss", "optimizer", "dataset", "training"}
+
+
+def spec_hash(spec: GanTrainingJob | GanTrainingJobSpec) -> str:
+    """Hash of what decides the weights (checkpoint manifests and MLflow runs record it); budget, promotion or run
+    policy edits leave it unchanged, so they never make a job's own checkpoints foreign."""
+    spec = spec.spec if isinstance(spec, GanTrainingJob) else spec
+    relevant = spec.model_dump(mode="json", include=_WEIGHT_DECIDING)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -13,8 +13,6 @@ Hook moments: "start", "log", "evaluated", "health" (one per event), "before_che
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
@@ -29,7 +27,7 @@ import torch
 from torch import nn
 
 from ganops import __version__
-from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJob, spec_hash
 from ganops.cost import cost_of
 from ganops.trainer import distributed as dist_utils
 from ganops.trainer.checkpoint import Checkpoint, CheckpointError, CheckpointManager, job_root
@@ -87,12 +85,6 @@ class TrainResult:
     step: int
     last_checkpoint: dict[str, Any] | None
     images_per_second: float
-
-
-def spec_hash(spec: GanTrainingJobSpec) -> str:
-    """Hash of what decides the weights; budget or run policy edits do not make old checkpoints foreign."""
-    relevant = spec.model_dump(mode="json", include={"model", "loss", "optimizer", "dataset", "training"})
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class StopSignal:

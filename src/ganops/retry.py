@@ -1,0 +1,78 @@
+"""One retry policy for every place that talks to something that may be briefly away: the object store, MLflow,
+the Kubernetes API.
+
+`RetryPolicy` holds the numbers (tries, delays, an optional time budget); `call` runs a function under it with
+tenacity; `RetryPolicy.delay` gives the same schedule to loops that cannot wrap a single call (a background worker
+that keeps its queue, the operator's reconcile loop). The delay before retry ``n`` (0-based) is
+``min(max_delay, base_delay * multiplier**n)``, scaled by a random factor in [0.5, 1] when ``jitter`` is on, so many
+clients that failed together do not come back together.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import tenacity
+
+T = TypeVar("T")
+
+__all__ = ["RetryPolicy", "attempts_made", "call"]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4  # tries in total (1: no retry)
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    budget_s: float | None = None  # no retry that would start later than this after the first try
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (0 for the first retry)."""
+        exponent = min(max(retry, 0), 64)  # past this the cap has long been reached; avoids float overflow
+        base = min(self.max_delay, self.base_delay * self.multiplier**exponent)
+        return float(base * random.uniform(0.5, 1.0)) if self.jitter else float(base)
+
+
+def call(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    retry_if: Callable[[BaseException], bool],
+    on_retry: Callable[[BaseException, int, float], None] | None = None,
+) -> T:
+    """``fn()``, tried again after ``policy``'s delays while ``retry_if(exc)`` holds and tries are left.
+
+    When it gives up, the last exception propagates unchanged (callers translate it; `attempts_made` tells how
+    many tries were made). ``on_retry(exc, attempt, delay)`` is called before each sleep (for a log line)."""
+    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max(1, policy.attempts))
+    if policy.budget_s is not None:
+        stop = stop | tenacity.stop_before_delay(policy.budget_s)
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        return policy.delay(state.attempt_number - 1)
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        if on_retry is not None and state.outcome is not None and state.next_action is not None:
+            exc = state.outcome.exception()
+            assert exc is not None
+            on_retry(exc, state.attempt_number, state.next_action.sleep)
+
+    retrying = tenacity.Retrying(
+        stop=stop, wait=wait, retry=tenacity.retry_if_exception(retry_if), before_sleep=before_sleep, reraise=True,
+    )
+    try:
+        return retrying(fn)
+    except Exception as exc:
+        exc.ganops_attempts = int(retrying.statistics.get("attempt_number", 1))  # type: ignore[attr-defined]
+        raise
+
+
+def attempts_made(exc: BaseException) -> int:
+    """How many tries `call` made before ``exc`` escaped it (1 for an exception that did not come through `call`)."""
+    value = getattr(exc, "ganops_attempts", 1)
+    return value if isinstance(value, int) else 1
