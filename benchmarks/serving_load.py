@@ -46,10 +46,10 @@ import torch
 from benchmarks._report import write
 from ganops import storage
 from ganops.api.spec import ModelSpec
+from ganops.models import build_models
 from ganops.serving.safety import MemorizationIndex
 from ganops.trainer.checkpoint import CheckpointManager
 from ganops.trainer.data import digits
-from ganops.trainer.models import build_models
 
 IMAGE_SIZE, CHANNELS, LATENT = 64, 3, 100
 P95_TARGET_S = 0.200
@@ -304,7 +304,7 @@ def forward_ceiling(checkpoint: str, threads: int, batch: int) -> dict[str, floa
     """The generator alone, in this process, as the server runs it (eval, ``inference_mode``, channels-last):
     ms per sample at batch 1 and at ``batch``, by the wall clock and by CPU time (``time.process_time``: robust to
     other load on the machine). Their ratio bounds what batching can gain when nothing else costs anything."""
-    from ganops.trainer.export import load_generator
+    from ganops.generator import load_generator
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -28,9 +28,9 @@ from torch import nn
 
 from benchmarks._report import write
 from ganops.api.loader import job_from_object
+from ganops.models import build_models
 from ganops.trainer.data import load_dataset
 from ganops.trainer.loop import RunContext, Trainer
-from ganops.trainer.models import build_models
 
 IMAGE_SIZE, CHANNELS, LATENT, WIDTH, BATCH = 32, 1, 100, 64, 64
 

@@ -18,6 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from ganops import contracts
 from ganops.api.loader import JobFileError, load_job
 from ganops.api.spec import GanTrainingJob
 
@@ -72,7 +73,7 @@ def crd(
 @app.command()
 def train(
     job: Annotated[Path, typer.Option("--job", help="The job file (in a pod: the mounted ConfigMap).")],
-    work_dir: Annotated[Path, typer.Option(envvar="GANOPS_WORK_DIR", help="Scratch space.")] = Path(
+    work_dir: Annotated[Path, typer.Option(envvar=contracts.ENV_WORK_DIR, help="Scratch space.")] = Path(
         "/tmp/ganops"
     ),
     no_progress: Annotated[bool, typer.Option("--no-progress", help="Log lines instead of a progress bar.")] = False,
@@ -98,7 +99,8 @@ def run(
 ) -> None:
     """Train locally on embedded defaults (checkpoints and an MLflow sqlite store under .ganops/), resuming if
     re-run; promote when spec.promotion.auto is set (a rejection is reported, not an error); write a sample grid."""
-    from ganops.trainer.run import TrainerCannotStart, run_local
+    from ganops.local import run_local
+    from ganops.trainer.run import TrainerCannotStart
 
     _setup_logging()
     parsed = _load(job_file)
@@ -125,18 +127,19 @@ def promote(
     """Apply spec.promotion.gates to the job's best checkpoint, register it as a model version and move
     spec.promotion.alias when the gates pass. Exit 0 promoted, 4 rejected, 3 nothing to promote or MLflow down."""
     from ganops import storage, tracking
+    from ganops.checkpoints import job_root
+    from ganops.home import local_artifact_root, local_tracking_uri
     from ganops.promotion import PromotionError
     from ganops.promotion import promote as promote_checkpoint
-    from ganops.trainer.checkpoint import job_root
     from ganops.trainer.loop import DEFAULT_CHECKPOINT_URI
-    from ganops.trainer.run import local_artifact_root, local_tracking_uri, tracking_uri_for
+    from ganops.trainer.run import tracking_uri_for
 
     _setup_logging()
     parsed = _load(job_file)
-    namespace = os.environ.get("GANOPS_NAMESPACE") or parsed.metadata.namespace or "default"
-    name = os.environ.get("GANOPS_JOB_NAME") or parsed.metadata.name
+    namespace = os.environ.get(contracts.ENV_NAMESPACE) or parsed.metadata.namespace or "default"
+    name = os.environ.get(contracts.ENV_JOB_NAME) or parsed.metadata.name
     if checkpoint is None:
-        base = (parsed.spec.checkpoint.uri or os.environ.get("GANOPS_CHECKPOINT_URI")
+        base = (parsed.spec.checkpoint.uri or os.environ.get(contracts.ENV_CHECKPOINT_URI)
                 or (f"file://{home.resolve() / 'checkpoints'}" if home.exists() else DEFAULT_CHECKPOINT_URI))
         checkpoint = job_root(base, namespace, name)
     uri = tracking_uri_for(parsed, tracking_uri)
@@ -169,7 +172,7 @@ def generate(
     raw_generator: Annotated[bool, typer.Option("--no-ema", help="Use the raw generator, not the EMA.")] = False,
 ) -> None:
     """Sample a trained generator into a PNG grid (a scatter plot for 2-D data) or a .npy array."""
-    from ganops.trainer.sampling import SamplingError, write_samples
+    from ganops.local import SamplingError, write_samples
 
     if output.suffix not in (".png", ".npy"):
         _fail([f"--output must end in .png or .npy (got {output.name!r})"], EXIT_INVALID)
@@ -203,10 +206,10 @@ def serve(
     3 when the model reference cannot be served."""
     from pydantic import ValidationError
 
+    from ganops.home import LOCAL_MLFLOW_DB, local_tracking_uri
     from ganops.serving.server import CannotServe, preflight
     from ganops.serving.server import run as run_server
     from ganops.serving.settings import ServingSettings
-    from ganops.trainer.run import LOCAL_MLFLOW_DB, local_tracking_uri
 
     if model and checkpoint:
         _fail(["give --model or --checkpoint, not both"], EXIT_INVALID)

@@ -7,15 +7,16 @@ Two parts, usable apart:
   ``"fid 72.4 > maxFID 60 (by 12.4)"``; a gate whose metric is missing fails with
   ``"metric fid was not measured (gate maxFID 60)"``. No gates set means nothing to fail.
 
-* :func:`promote` picks the job's best checkpoint (lowest ``metric`` in its manifest, as
-  ``CheckpointManager.best_step`` does; the latest when none has one), reads its metrics from the manifest,
+* :func:`promote` picks the job's best checkpoint (lowest ``metric`` in its manifest, `ganops.checkpoints.choose`;
+  the latest when none has one), reads its metrics from the manifest,
   renders a fixed-seed sample grid from its EMA generator (which also proves the weights load and match their
   checksums), registers an MLflow model version pointing at the checkpoint's step URI, and moves
   ``spec.promotion.alias`` to it only when the gates pass. Rejected checkpoints are registered too (tagged
   ``ganops.gates=rejected`` with the reasons) so the registry keeps the record; serving follows aliases only.
   Promoting the same checkpoint again with the same verdict reuses its version (idempotent for reconcilers).
 
-Model version tags (what serving reads; ``ModelVersionInfo.checkpoint_uri`` is the weights' location):
+Model version tags (names in `ganops.contracts`; what serving reads; ``ModelVersionInfo.checkpoint_uri`` is the
+weights' location):
 
 =================================  ================================================================================
 ``ganops.checkpoint_uri``          the step folder (set by :func:`ganops.tracking.register_version`)
@@ -30,8 +31,8 @@ Model version tags (what serving reads; ``ModelVersionInfo.checkpoint_uri`` is t
 ``ganops.gates``                   ``passed`` or ``rejected``; ``ganops.gates.failures`` the reasons
 ``ganops.specHash`` ``ganops.manifestSha256``  lineage of the weights
 ``ganops.memorization_index``     URI of the training set's memorization index, from the manifest's
-                                  ``memorizationIndex`` (written by the trainer, `ganops.trainer.memorization`);
-                                  set only when that object exists, so serving's filter is on for this version
+                                  ``memorizationIndex`` (written by the trainer); set only when that object
+                                  exists, so serving's filter is on for this version
 =================================  ================================================================================
 
 torch is imported only to render samples (``render_samples=True``, the default), so the operator image can call
@@ -41,40 +42,23 @@ torch is imported only to render samples (``render_samples=True``, the default),
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ganops import images, storage, tracking
+from ganops import checkpoints, contracts, images, storage, tracking
 from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec, GatesSpec
+from ganops.checkpoints import CheckpointChoice, finite_number, manifest_metrics, memorization_index_of
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
-LATEST = "latest.json"
-_STEP_DIR = re.compile(r"^step-(\d{9})$")
 
 SAMPLE_SEED = 0
 IMAGE_SAMPLES = 64
 POINT_SAMPLES = 2000
 DEFAULT_TRUNCATION: float | None = None  # serving's threshold truncation (|z| > t redrawn); None: none
-
-GATES_TAG = "ganops.gates"
-GATE_FAILURES_TAG = "ganops.gates.failures"
-STEP_TAG = "ganops.step"
-METRIC_TAG_PREFIX = "ganops.metric."
-GENERATION_TAG_PREFIX = "ganops.generation."
-SAMPLES_SHA_TAG = "ganops.samples.sha256"
-SAMPLES_N_TAG = "ganops.samples.n"
-MANIFEST_SHA_TAG = "ganops.manifestSha256"
-MEMORIZATION_TAG = "ganops.memorization_index"  # what serving's model store follows
-MEMORIZATION_MANIFEST_KEY = "memorizationIndex"  # = ganops.trainer.memorization.MANIFEST_KEY (no torch import here)
 
 
 class PromotionError(RuntimeError):
@@ -119,13 +103,6 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _finite_number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 def evaluate_gates(gates: GatesSpec, metrics: Mapping[str, Any]) -> GateDecision:
     """Check ``metrics`` (e.g. ``{"fid": 41.2, "recall": 0.6}``) against every gate that is set.
 
@@ -138,7 +115,7 @@ def evaluate_gates(gates: GatesSpec, metrics: Mapping[str, Any]) -> GateDecision
         if threshold is None:
             continue
         limit = float(threshold)
-        value = _finite_number(metrics.get(gate.metric))
+        value = finite_number(metrics.get(gate.metric))
         if value is None:
             failures.append(f"metric {gate.metric} was not measured (gate {gate.wire} {_fmt(limit)})")
             continue
@@ -157,104 +134,15 @@ def evaluate_gates(gates: GatesSpec, metrics: Mapping[str, Any]) -> GateDecision
 # ------------------------------------------------------------------------------------------------ checkpoints
 
 
-@dataclass(frozen=True)
-class CheckpointChoice:
-    step: int
-    uri: str  # the step folder
-    manifest: dict[str, Any]
-    manifest_sha256: str
-    reason: str  # "best metric 41.2 of 3 checkpoints" | "latest (no checkpoint has a metric)" | "given"
-
-
-def _read_manifest(store: storage.ObjectStore, step_uri: str) -> tuple[dict[str, Any], str] | None:
-    try:
-        raw = store.get_bytes(storage.join(step_uri, MANIFEST))
-    except storage.ObjectNotFound:
-        return None
-    try:
-        manifest = json.loads(raw)
-    except ValueError as exc:
-        raise PromotionError(f"{step_uri}/{MANIFEST} is not JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise PromotionError(f"{step_uri}/{MANIFEST} is not a JSON object")
-    return manifest, hashlib.sha256(raw).hexdigest()
-
-
 def choose_checkpoint(uri: str) -> CheckpointChoice:
-    """The checkpoint to promote under a job's root (best by manifest ``metric``, lower is better, ties to the
-    earlier step; else the step ``latest.json`` names; else the newest step folder), or ``uri`` itself when it
-    is a step folder. Reads JSON only."""
-    uri = uri.rstrip("/")
-    store = storage.open_store(uri)
+    """The checkpoint to promote under a job's root (`ganops.checkpoints.choose`), or ``uri`` itself when it is a
+    step folder; PromotionError when there is none or the store cannot be read."""
     try:
-        own = _read_manifest(store, uri)
-        if own is not None:
-            return CheckpointChoice(int(own[0].get("step", -1)), uri, own[0], own[1], "given")
-        steps: list[int] = []
-        for folder in store.list_dirs(uri):
-            match = _STEP_DIR.match(folder.rstrip("/").rsplit("/", 1)[-1])
-            if match:
-                steps.append(int(match.group(1)))
-        manifests: dict[int, tuple[dict[str, Any], str]] = {}
-        for step in steps:
-            read = _read_manifest(store, storage.join(uri, f"step-{step:09d}"))
-            if read is not None:
-                manifests[step] = read
-        if not manifests:
-            raise PromotionError(f"no checkpoint under {uri}")
-        scored = [(m, s) for s, (man, _) in manifests.items() if (m := _finite_number(man.get("metric"))) is not None]
-        if scored:
-            metric, step = min(scored)
-            reason = f"best metric {_fmt(metric)} of {len(scored)} scored checkpoint(s)"
-        else:
-            step = max(manifests)
-            try:
-                latest = json.loads(store.get_bytes(storage.join(uri, LATEST)))
-                if int(latest["step"]) in manifests:
-                    step = int(latest["step"])
-            except (storage.StorageError, ValueError, KeyError, TypeError):
-                pass
-            reason = "latest (no checkpoint has a metric)"
+        return checkpoints.choose(uri)
+    except checkpoints.CheckpointError as exc:
+        raise PromotionError(str(exc)) from exc
     except storage.StorageError as exc:
-        raise PromotionError(f"cannot read checkpoints under {uri}: {exc}") from exc
-    manifest, sha = manifests[step]
-    return CheckpointChoice(step, storage.join(uri, f"step-{step:09d}"), manifest, sha, reason)
-
-
-def manifest_metrics(manifest: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric metrics a manifest carries (``metrics``: a flat mapping, or an evaluation report with one)."""
-    raw = manifest.get("metrics")
-    if isinstance(raw, Mapping) and isinstance(raw.get("metrics"), Mapping):
-        raw = raw["metrics"]
-    if not isinstance(raw, Mapping):
-        return {}
-    return {str(k): v for k, value in raw.items() if (v := _finite_number(value)) is not None}
-
-
-def memorization_index_of(manifest: Mapping[str, Any], step_uri: str) -> str | None:
-    """The memorization index a checkpoint's manifest names, if that object exists (reads no tensors).
-
-    The trainer records the URI it wrote (``<checkpoint.uri>/_reference/<key>.memorization.safetensors``). When
-    that URI does not resolve here (a relative ``file://`` checkpoint URI, a store mounted elsewhere), the same
-    file name under the ``_reference/`` folder three levels above the step folder (``<checkpoint.uri>`` of
-    ``<checkpoint.uri>/<namespace>/<job>/step-…``) is tried. None when neither exists: the version gets no tag
-    (a tag naming a missing index would keep serving from loading the model)."""
-    recorded = manifest.get(MEMORIZATION_MANIFEST_KEY)
-    if not isinstance(recorded, str) or not recorded:
-        return None
-    candidates = [recorded]
-    parts = step_uri.rstrip("/").rsplit("/", 3)
-    if len(parts) == 4 and ("://" in parts[0] or "://" not in step_uri) and not parts[0].endswith(":/"):
-        candidates.append(storage.join(parts[0], "_reference", recorded.rsplit("/", 1)[-1]))
-    for uri in candidates:
-        try:
-            if storage.open_store(uri).exists(uri):
-                return uri
-        except storage.StorageError as exc:
-            log.warning("memorization index %s not checked: %s", uri, exc)
-    log.warning("the manifest of %s names memorization index %s, which does not exist: no %s tag (serving's "
-                "memorization filter will be off for this version)", step_uri, recorded, MEMORIZATION_TAG)
-    return None
+        raise PromotionError(f"cannot read checkpoints under {uri.rstrip('/')}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------------ samples
@@ -303,9 +191,9 @@ class GenerationSettings:
             "ema": "true" if self.ema else "false",
             "sampleSeed": self.sample_seed,
         }
-        tags = {GENERATION_TAG_PREFIX + k: str(v) for k, v in values.items() if v is not None}
+        tags = {contracts.TAG_GENERATION_PREFIX + k: str(v) for k, v in values.items() if v is not None}
         # always present, so a reader knows it was decided: empty means no truncation (serving reads it so)
-        tags[GENERATION_TAG_PREFIX + "truncation"] = "" if self.truncation is None else str(self.truncation)
+        tags[contracts.TAG_GENERATION_TRUNCATION] = "" if self.truncation is None else str(self.truncation)
         return tags
 
 
@@ -313,13 +201,11 @@ def render_samples(step_uri: str, settings: GenerationSettings) -> np.ndarray:
     """The promotion grid's raw samples: the EMA generator of ``step_uri`` on fixed latents (float32, CPU)."""
     import torch
 
-    from ganops.trainer.checkpoint import CheckpointError
-    from ganops.trainer.export import load_generator
-    from ganops.trainer.loop import generate
+    from ganops.generator import generate, load_generator
 
     try:
         generator, _ = load_generator(step_uri, ema=settings.ema)
-    except (CheckpointError, storage.StorageError, KeyError, ValueError) as exc:
+    except (checkpoints.CheckpointError, storage.StorageError, KeyError, ValueError) as exc:
         raise PromotionError(f"cannot load the generator of {step_uri}: {exc}") from exc
     with torch.inference_mode():
         out = generate(generator, settings.sample_count, settings.sample_seed, settings.latent_dim,
@@ -395,7 +281,7 @@ def _run_on_server(tracking_uri: str, run_id: str | None) -> str | None:
 def _existing_version(tracking_uri: str, model_name: str, checkpoint_uri: str,
                       verdict: str) -> tracking.ModelVersionInfo | None:
     for info in tracking.list_versions(tracking_uri, model_name):
-        if info.checkpoint_uri == checkpoint_uri and info.tags.get(GATES_TAG) == verdict:
+        if info.checkpoint_uri == checkpoint_uri and info.tags.get(contracts.TAG_GATES) == verdict:
             return info
     return None
 
@@ -405,9 +291,9 @@ def _ensure_registry_experiment(tracking_uri: str, artifact_root: str) -> None:
     store is ``./mlruns`` relative to wherever the command runs)."""
     client = tracking._client(tracking_uri)
     try:
-        if client.get_experiment_by_name(tracking.REGISTRY_EXPERIMENT) is None:
-            client.create_experiment(tracking.REGISTRY_EXPERIMENT,
-                                     artifact_location=f"{artifact_root.rstrip('/')}/{tracking.REGISTRY_EXPERIMENT}")
+        if client.get_experiment_by_name(contracts.REGISTRY_EXPERIMENT) is None:
+            client.create_experiment(contracts.REGISTRY_EXPERIMENT,
+                                     artifact_location=f"{artifact_root.rstrip('/')}/{contracts.REGISTRY_EXPERIMENT}")
     except Exception as exc:  # register_version reports MLflow problems properly
         log.debug("registry experiment not prepared: %s", exc)
 
@@ -469,22 +355,22 @@ def promote(
 
     run_id = _run_on_server(tracking_uri, choice.manifest.get("mlflowRunId"))
     tags: dict[str, str] = {
-        tracking.JOB_TAG: tracking.job_key(namespace, job),
-        STEP_TAG: str(choice.step),
-        GATES_TAG: verdict,
-        MANIFEST_SHA_TAG: choice.manifest_sha256,
-        **{METRIC_TAG_PREFIX + k: repr(v) for k, v in sorted(metrics.items())},
+        contracts.TAG_JOB: tracking.job_key(namespace, job),
+        contracts.TAG_STEP: str(choice.step),
+        contracts.TAG_GATES: verdict,
+        contracts.TAG_MANIFEST_SHA256: choice.manifest_sha256,
+        **{contracts.TAG_METRIC_PREFIX + k: repr(v) for k, v in sorted(metrics.items())},
         **settings.tags(),
     }
     if decision.failures:
-        tags[GATE_FAILURES_TAG] = "; ".join(decision.failures)[:4000]
+        tags[contracts.TAG_GATE_FAILURES] = "; ".join(decision.failures)[:4000]
     if choice.manifest.get("specHash"):
-        tags[tracking.SPEC_HASH_TAG] = str(choice.manifest["specHash"])
+        tags[contracts.TAG_SPEC_HASH] = str(choice.manifest["specHash"])
     if (index_uri := memorization_index_of(choice.manifest, choice.uri)) is not None:
-        tags[MEMORIZATION_TAG] = index_uri
+        tags[contracts.TAG_MEMORIZATION_INDEX] = index_uri
     if samples is not None:
-        tags[SAMPLES_SHA_TAG] = samples_sha256(samples)
-        tags[SAMPLES_N_TAG] = str(settings.sample_count)
+        tags[contracts.TAG_SAMPLES_SHA256] = samples_sha256(samples)
+        tags[contracts.TAG_SAMPLES_N] = str(settings.sample_count)
 
     existing = _existing_version(tracking_uri, model_name, choice.uri, verdict)
     if existing is not None:
@@ -523,8 +409,6 @@ __all__ = [
     "PromotionResult",
     "choose_checkpoint",
     "evaluate_gates",
-    "manifest_metrics",
-    "memorization_index_of",
     "promote",
     "render_samples",
     "samples_png",

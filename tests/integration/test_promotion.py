@@ -18,23 +18,17 @@ from typer.testing import CliRunner
 
 from ganops import tracking
 from ganops.api.spec import GanTrainingJob
+from ganops.checkpoints import memorization_index_of
 from ganops.cli import app
+from ganops.contracts import TAG_MEMORIZATION_INDEX as MEMORIZATION_TAG
+from ganops.generator import generate, load_generator
+from ganops.local import run_local
 from ganops.operator.promotion import promote_job
-from ganops.promotion import (
-    MEMORIZATION_TAG,
-    choose_checkpoint,
-    memorization_index_of,
-    promote,
-    samples_png,
-    samples_sha256,
-)
+from ganops.promotion import choose_checkpoint, promote, samples_png, samples_sha256
 from ganops.serving.model_store import ModelLoader, RegistryResolver
 from ganops.serving.safety import RequestContext, make_samples
 from ganops.serving.settings import ServingSettings
 from ganops.trainer.data import digits
-from ganops.trainer.export import load_generator
-from ganops.trainer.loop import generate
-from ganops.trainer.run import run_local
 from tests.support.jobs import as_job, digits_job, write_job
 
 pytest_plugins = ["tests.support.mlflow_server"]

@@ -15,7 +15,7 @@ from PIL import Image
 from scripts.serve_demo import DEMO_KEY_ID, DemoError, main, serve_and_fetch
 
 from ganops import tracking
-from ganops.trainer.run import local_artifact_root, local_tracking_uri
+from ganops.home import local_artifact_root, local_tracking_uri
 from tests.support.serving import trained_digits, write_memorization_index
 
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from ganops import storage
-from ganops.trainer.checkpoint import LATEST, MANIFEST, CheckpointError, CheckpointManager, step_dir_name
+from ganops.checkpoints import LATEST, MANIFEST, CheckpointError, step_dir_name
+from ganops.trainer.checkpoint import CheckpointManager
 
 
 def weights(step: int) -> dict[str, dict[str, torch.Tensor]]:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ganops.api.spec import LossSpec, ModelSpec
+from ganops.models import build_models, sample_latent
 from ganops.trainer.losses import (
     GanLoss,
     discriminator_step_loss,
@@ -18,7 +19,6 @@ from ganops.trainer.losses import (
     gradient_penalty,
     r1_penalty,
 )
-from ganops.trainer.models import build_models, sample_latent
 
 torch.set_num_threads(1)
 

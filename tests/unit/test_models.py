@@ -13,8 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ganops.api.spec import EmaSpec, LossSpec, ModelSpec
-from ganops.trainer.ema import EMA
-from ganops.trainer.models import (
+from ganops.models import (
     DCGANDiscriminator,
     DCGANGenerator,
     MinibatchStd,
@@ -25,6 +24,7 @@ from ganops.trainer.models import (
     build_models,
     sample_latent,
 )
+from ganops.trainer.ema import EMA
 
 torch.set_num_threads(1)
 

@@ -7,7 +7,8 @@ import math
 import pytest
 
 from ganops.api.spec import GatesSpec
-from ganops.promotion import evaluate_gates, manifest_metrics
+from ganops.checkpoints import manifest_metrics
+from ganops.promotion import evaluate_gates
 
 
 def gates(**wire: float) -> GatesSpec:

@@ -3,13 +3,11 @@ swaps, reuse, failures that keep the old version, outages, canary routing; trunc
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from ganops import storage
 from ganops.serving.metrics import ServingMetrics
@@ -20,35 +18,7 @@ from ganops.serving.model_store import (
     NotReady,
     canary_bucket,
     find_memorization_index,
-    truncated_latents,
 )
-
-# --------------------------------------------------------------------------------------------------- latents
-
-
-def test_truncation_redraws_only_entries_outside_the_threshold() -> None:
-    plain = truncated_latents(64, 32, seed=3, truncation=None)
-    assert torch.equal(plain, truncated_latents(64, 32, seed=3, truncation=None))
-    for t in (0.05, 0.5, 1.0, 2.0):
-        z = truncated_latents(64, 32, seed=3, truncation=t)
-        assert torch.equal(z, truncated_latents(64, 32, seed=3, truncation=t))
-        assert float(z.abs().max()) <= t
-        inside = plain.abs() <= t
-        assert torch.equal(z[inside], plain[inside])
-    assert torch.equal(truncated_latents(64, 32, seed=3, truncation=50.0), plain)
-    # Same seed as the trainer's `generate`: torch.randn on a CPU generator seeded with the seed.
-    expected = torch.randn(4, 8, generator=torch.Generator().manual_seed(11))
-    assert torch.equal(truncated_latents(4, 8, seed=11, truncation=None), expected)
-
-
-def test_truncated_draws_follow_the_truncated_normal() -> None:
-    t = 1.0
-    z = truncated_latents(2000, 64, seed=0, truncation=t).numpy().ravel()
-    phi = math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
-    mass = math.erf(t / math.sqrt(2))
-    expected_var = 1 - 2 * t * phi / mass  # variance of N(0, 1) truncated to [-t, t]
-    assert abs(float(z.mean())) < 0.01
-    assert abs(float(z.var()) - expected_var) < 0.01
 
 
 def test_the_canary_bucket_is_stable_and_uniform() -> None:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from ganops import storage
-from ganops.serving.safety import MemorizationIndex, pixel_features
+from ganops.checkpoints import MEMORIZATION_KEY
+from ganops.memorization import MemorizationIndex, pixel_features
 from ganops.trainer.checkpoint import CheckpointManager
 from ganops.trainer.data import digits, grid25
 from ganops.trainer.loop import RunContext, Trainer
 from ganops.trainer.memorization import (
-    MANIFEST_KEY,
     index_key,
     index_uri,
     training_examples,
@@ -54,7 +54,7 @@ def test_index_is_built_once_per_dataset_and_named_in_every_manifest(
         first = _fit(digits_job("first", **TINY), root, tmp_path)
     manifests = _manifests(first)
     assert [m["step"] for m in manifests] == [2, 4]
-    assert {m[MANIFEST_KEY] for m in manifests} == {expected}
+    assert {m[MEMORIZATION_KEY] for m in manifests} == {expected}
     path = tmp_path / "ckpt" / "_reference" / f"{index_key(data)}.memorization.safetensors"
     written, mtime = path.read_bytes(), path.stat().st_mtime_ns
     assert caplog.text.count('"memorization_index_built"') == 1 and '"memorization_index_reused"' not in caplog.text
@@ -73,7 +73,7 @@ def test_index_is_built_once_per_dataset_and_named_in_every_manifest(
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ganops"):
         second = _fit(digits_job("second", **TINY), root, tmp_path)
-    assert {m[MANIFEST_KEY] for m in _manifests(second)} == {expected}
+    assert {m[MEMORIZATION_KEY] for m in _manifests(second)} == {expected}
     assert path.stat().st_mtime_ns == mtime and path.read_bytes() == written
     assert '"memorization_index_reused"' in caplog.text and '"memorization_index_built"' not in caplog.text
     assert sorted(p.name for p in path.parent.glob("*.memorization.safetensors")) == [path.name]
@@ -82,7 +82,7 @@ def test_index_is_built_once_per_dataset_and_named_in_every_manifest(
 def test_the_2d_mixtures_have_no_index_and_no_manifest_entry(tmp_path: Path) -> None:
     trainer = _fit(grid_job("grid", **TINY), (tmp_path / "ckpt").as_uri(), tmp_path)
     assert trainer.memorization_index() is None
-    assert all(MANIFEST_KEY not in m for m in _manifests(trainer))
+    assert all(MEMORIZATION_KEY not in m for m in _manifests(trainer))
     assert training_examples(grid25()) is None
     assert not (tmp_path / "ckpt" / "_reference").exists()
 
@@ -93,7 +93,7 @@ def test_a_failing_index_never_fails_training(tmp_path: Path, caplog: pytest.Log
     with caplog.at_level(logging.WARNING, logger="ganops"):
         trainer = _fit(digits_job("unlucky", **TINY), (tmp_path / "ckpt").as_uri(), tmp_path)
     assert trainer.step == 4
-    assert all(MANIFEST_KEY not in m for m in _manifests(trainer))
+    assert all(MEMORIZATION_KEY not in m for m in _manifests(trainer))
     assert "memorization index not built" in caplog.text
 
 

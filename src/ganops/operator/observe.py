@@ -2,26 +2,26 @@
 
 The views are built from raw API objects (`job_view`, `pod_view`) in kopf's index handlers, so the reconcile logic
 never touches API bodies, and from the object store (`read_record`): `<checkpoint.uri>/<namespace>/<job>/latest.json`,
-written last by the trainer after a verified upload (see `ganops.trainer.checkpoint`; re-implemented here with
-`ganops.storage` so the operator never imports torch).
+written last by the trainer after a verified upload; its format is `ganops.checkpoints` (no torch).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ganops import storage
+from ganops.checkpoints import HealthEvent, RecordUnavailable, job_root, latest_uri
+from ganops.checkpoints import LatestRecord as Record
+from ganops.checkpoints import parse_latest as parse_record
+from ganops.checkpoints import read_latest_record as read_record
 
 LABEL_JOB = "ganops.io/job"
 LABEL_ATTEMPT = "ganops.io/attempt"
 ANNOTATION_RESTARTS = "ganops.io/restarts"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-LATEST = "latest.json"
 
 
 # ------------------------------------------------------------------------------------------------ time
@@ -187,114 +187,5 @@ def job_view(body: Mapping[str, Any]) -> JobView:
     )
 
 
-# ------------------------------------------------------------------------------------------------ latest.json
-
-
-@dataclass(frozen=True)
-class HealthEvent:
-    type: str
-    step: int | None = None
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class Record:
-    """The trainer's `latest.json`: where the newest verified checkpoint is and what the run looks like."""
-
-    step: int
-    uri: str
-    time: str | None = None
-    manifest_sha256: str | None = None
-    metric: float | None = None
-    cost_usd: float | None = None
-    cost_gpu_hours: float | None = None
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    mlflow_run_id: str | None = None
-    health_events: tuple[HealthEvent, ...] = ()
-    rollbacks: int = 0
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def parse_record(data: Any) -> Record | None:
-    """A `Record` from the JSON of latest.json; None when it lacks a step or a URI. Unknown or malformed optional
-    fields are ignored (a newer trainer may write more)."""
-    if not isinstance(data, dict):
-        return None
-    step = data.get("step")
-    uri = data.get("uri")
-    if isinstance(step, bool) or not isinstance(step, int) or not isinstance(uri, str) or not uri:
-        return None
-    cost = _mapping(data.get("cost"))
-    metrics_raw = _mapping(data.get("metrics"))
-    metrics = {str(k): v for k, raw in metrics_raw.items() if (v := _float(raw)) is not None}
-    health = _mapping(data.get("health"))
-    events: list[HealthEvent] = []
-    for raw_event in health.get("events") or []:
-        if isinstance(raw_event, dict) and isinstance(raw_event.get("type"), str):
-            raw_step = raw_event.get("step")
-            events.append(
-                HealthEvent(
-                    type=raw_event["type"],
-                    step=raw_step if isinstance(raw_step, int) and not isinstance(raw_step, bool) else None,
-                    message=str(raw_event.get("message") or ""),
-                )
-            )
-        elif isinstance(raw_event, str):
-            events.append(HealthEvent(type=raw_event))
-    rollbacks_raw = health.get("rollbacks")
-    if isinstance(rollbacks_raw, list):
-        rollbacks = len(rollbacks_raw)
-    else:
-        rollbacks = _int(rollbacks_raw, 0) if not isinstance(rollbacks_raw, bool) else 0
-    run_id = data.get("mlflowRunId")
-    return Record(
-        step=step,
-        uri=uri,
-        time=data.get("time") if isinstance(data.get("time"), str) else None,
-        manifest_sha256=data.get("manifestSha256") if isinstance(data.get("manifestSha256"), str) else None,
-        metric=_float(data.get("metric")),
-        cost_usd=_float(cost.get("usd")),
-        cost_gpu_hours=_float(cost.get("gpuHours")),
-        metrics=metrics,
-        mlflow_run_id=run_id if isinstance(run_id, str) and run_id else None,
-        health_events=tuple(events),
-        rollbacks=max(0, rollbacks),
-    )
-
-
-def job_root(checkpoint_uri: str, namespace: str, name: str) -> str:
-    """Same layout as the trainer: `<checkpoint.uri>/<namespace>/<job>`."""
-    return storage.join(checkpoint_uri, namespace, name)
-
-
-def latest_uri(checkpoint_uri: str, namespace: str, name: str) -> str:
-    return storage.join(job_root(checkpoint_uri, namespace, name), LATEST)
-
-
-class RecordUnavailable(Exception):
-    """The object store did not answer or refused: the record is unknown (not absent)."""
-
-
-def read_record(store: storage.ObjectStore, uri: str) -> Record | None:
-    """The parsed latest.json at `uri`; None when there is none yet (or it is unreadable JSON: a trainer that
-    writes latest.json atomically never leaves half a file, so this is someone else's object)."""
-    try:
-        data = store.get_bytes(uri)
-    except storage.ObjectNotFound:
-        return None
-    except storage.StorageError as exc:
-        raise RecordUnavailable(str(exc)) from exc
-    try:
-        return parse_record(json.loads(data))
-    except ValueError:
-        return None
+__all__ = ["HealthEvent", "JobView", "PodView", "Record", "RecordUnavailable", "format_time", "job_root", "job_view",
+           "latest_uri", "parse_record", "parse_time", "pod_view", "read_record"]

@@ -70,7 +70,7 @@ def rollback(tracking_uri: str, *, model_name: str, alias: str, version: str) ->
 
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
     """The evaluation metrics promotion recorded on a model version (tags `ganops.metric.<name>` = repr(value))."""
-    from ganops.promotion import METRIC_TAG_PREFIX
+    from ganops.contracts import TAG_METRIC_PREFIX as METRIC_TAG_PREFIX
 
     out = {}
     for key, raw in tags.items():

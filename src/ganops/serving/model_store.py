@@ -4,7 +4,7 @@
   (:func:`ganops.tracking.get_alias`, reading the version's ``checkpoint_uri``, never its ``source``), or a direct
   checkpoint URI (a job root's ``latest.json`` is followed, so new steps are picked up too).
 * A *loader* turns a :class:`ModelRef` into a :class:`LoadedModel`: the generator from safetensors + manifest.json
-  (:func:`ganops.trainer.export.load_generator`, which never unpickles), the generation settings stored with the
+  (:func:`ganops.generator.load_generator`, which never unpickles), the generation settings stored with the
   version (tags), the memorization index found beside the checkpoint, a safety pipeline and a watermarker for this
   version, and a smoke test (one forward pass through every filter) before it may serve.
 * :class:`ModelStore` polls the resolver every ``poll_interval_s`` in a background thread. A new version is loaded
@@ -36,8 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ganops import storage
+from ganops import checkpoints, storage
 from ganops.api.spec import ModelSpec
+from ganops.generator import latents, load_generator
 from ganops.serving.metrics import ServingMetrics
 from ganops.serving.safety import (
     AuditSink,
@@ -65,7 +66,6 @@ __all__ = [
     "RegistryResolver",
     "Resolver",
     "canary_bucket",
-    "truncated_latents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,28 +97,6 @@ class ModelRef:
     def load_key(self) -> tuple[str, str, tuple[tuple[str, str], ...]]:
         """Two refs with the same key load to the same model (the alias does not matter)."""
         return (self.version, self.checkpoint_uri, tuple(sorted(self.tags.items())))
-
-
-def truncated_latents(n: int, latent_dim: int, seed: int, truncation: float | None) -> torch.Tensor:
-    """``(n, latent_dim)`` standard-normal latents from ``seed`` (as the trainer's ``generate`` draws them).
-
-    Truncation trick with threshold ``t``: every entry with ``|z| > t`` is redrawn from the standard normal
-    conditioned on ``|z| <= t`` — by inverse CDF from a second, equally seeded draw of uniforms, which is the same
-    distribution as resampling until it falls inside and takes one pass. Entries inside ``[-t, t]`` are kept, so
-    a large ``t`` changes nothing, and the result depends only on (seed, n, t).
-    """
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    z = torch.randn(n, latent_dim, generator=gen)
-    if truncation is None:
-        return z
-    t = float(truncation)
-    outside = z.abs() > t
-    if not bool(outside.any()):
-        return z
-    u = torch.rand(n, latent_dim, generator=gen, dtype=torch.float64)
-    lo = torch.special.ndtr(torch.tensor(-t, dtype=torch.float64))
-    redrawn = torch.special.ndtri(lo + u * (1.0 - 2.0 * lo)).clamp(-t, t).to(z.dtype)
-    return torch.where(outside, redrawn, z)
 
 
 def canary_bucket(seed: int) -> int:
@@ -172,7 +150,7 @@ class LoadedModel:
         return (2,)
 
     def latents(self, n: int, seed: int, truncation: float | None) -> torch.Tensor:
-        return truncated_latents(n, self.spec.latent_dim, seed, truncation)
+        return latents(n, self.spec.latent_dim, seed, truncation)
 
     def labels(self, n: int, label: int | None) -> torch.Tensor | None:
         """The class of each sample: ``label`` for all, else ``0, 1, …`` cycling (as ``ganops generate``)."""
@@ -240,10 +218,8 @@ class CheckpointResolver:
         self.name = name
 
     def resolve(self) -> tuple[ModelRef | None, ModelRef | None]:
-        from ganops.trainer.export import read_manifest, resolve_checkpoint
-
-        step_uri = resolve_checkpoint(self.uri)
-        manifest = read_manifest(step_uri)
+        step_uri = checkpoints.resolve(self.uri)
+        manifest = checkpoints.require_manifest(step_uri)
         version = str(manifest.get("step", step_uri.rstrip("/").rsplit("/", 1)[-1]))
         return ModelRef(self.name, version, "checkpoint", step_uri), None
 
@@ -314,8 +290,6 @@ class ModelLoader:
         self.extra_filters = extra_filters
 
     def __call__(self, ref: ModelRef) -> LoadedModel:
-        from ganops.trainer.export import load_generator
-
         cfg = self.settings.safety
         tags = ref.tags
         ema = self.settings.ema if self.settings.ema is not None else _tag_bool(tags, EMA_TAG)

@@ -34,8 +34,7 @@ def preflight(settings: ServingSettings) -> ModelRef:
     Raises :class:`CannotServe` with a one-line reason.
     """
     from ganops import storage, tracking
-    from ganops.trainer.checkpoint import CheckpointError
-    from ganops.trainer.export import read_manifest
+    from ganops.checkpoints import CheckpointError, require_manifest
 
     if settings.checkpoint_uri:
         try:
@@ -69,7 +68,7 @@ def preflight(settings: ServingSettings) -> ModelRef:
             f"(aliases: {', '.join(known) if known else 'none'}; versions: {', '.join(v.version for v in versions)})"
         )
     try:
-        read_manifest(primary.checkpoint_uri)
+        require_manifest(primary.checkpoint_uri)
     except (storage.StorageError, CheckpointError) as exc:
         problem = f"{name}@{alias} is version {primary.version}, whose checkpoint cannot be read: {exc}"
         raise CannotServe(problem) from None

@@ -1,8 +1,5 @@
-"""Checkpoints in the object store, exactly as DESIGN's layout says.
-
-    <root>/step-000000500/generator.safetensors, generator_ema.safetensors, discriminator.safetensors,
-                          train_state.pt, manifest.json
-    <root>/latest.json    written last, only after every file of the step is uploaded and verified
+"""Writing and loading a job's checkpoints (the layout itself, and reading it without torch, is
+`ganops.checkpoints`).
 
 A crash at any point leaves `latest.json` pointing at the previous complete checkpoint. On load, every file's
 sha256 is checked against the manifest; a checkpoint that fails is refused with a warning and the previous
@@ -12,10 +9,8 @@ valid one is used. Weights are safetensors (serving never unpickles); the train 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -26,35 +21,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ganops import storage
+from ganops.checkpoints import (
+    FORMAT_VERSION,
+    LATEST,
+    MANIFEST,
+    TRAIN_STATE,
+    WEIGHT_FILES,
+    CheckpointError,
+    finite_number,
+    latest_entry,
+    list_steps,
+    read_latest,
+    read_manifest,
+    sha256_file,
+    step_dir_name,
+    weights_file,
+)
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("generator", "generator_ema", "discriminator")
-TRAIN_STATE = "train_state.pt"
-MANIFEST = "manifest.json"
-LATEST = "latest.json"
-FORMAT_VERSION = 1
-_STEP_DIR = re.compile(r"^step-(\d{9})/?$")
-
-
-class CheckpointError(RuntimeError):
-    pass
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:09d}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def job_root(checkpoint_uri: str, namespace: str, job: str) -> str:
-    return storage.join(checkpoint_uri, namespace, job)
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointManager"]
 
 
 @dataclass
@@ -108,7 +94,7 @@ class CheckpointManager:
             local = Path(tmp)
             files: dict[str, str] = {}
             for name in WEIGHT_FILES:
-                path = local / f"{name}.safetensors"
+                path = local / weights_file(name)
                 save_file(_portable(weights[name]), str(path), metadata={"step": str(step), "format": "pt"})
                 files[path.name] = sha256_file(path)
             torch.save(train_state, local / TRAIN_STATE)
@@ -133,14 +119,7 @@ class CheckpointManager:
                     self.store.put_file(storage.join(step_uri, name), local / name)
                 self.store.put_bytes(storage.join(step_uri, MANIFEST), manifest_bytes)
                 self._verify_upload(step_uri, manifest)
-                latest = {
-                    "step": step,
-                    "uri": step_uri,
-                    "manifestSha256": hashlib.sha256(manifest_bytes).hexdigest(),
-                    "time": manifest["time"],
-                    "metric": metric,
-                    **{k: v for k, v in (info or {}).items() if k in ("cost", "metrics", "mlflowRunId", "health")},
-                }
+                latest = latest_entry(step, step_uri, manifest_bytes, manifest, metric)
                 self.store.put_bytes(storage.join(self.root, LATEST), json.dumps(latest, indent=2).encode())
             except (storage.StorageError, OSError) as exc:
                 raise CheckpointError(
@@ -163,22 +142,10 @@ class CheckpointManager:
     # ----------------------------------------------------------------- find and load
 
     def latest_record(self) -> dict[str, Any] | None:
-        try:
-            data: dict[str, Any] = json.loads(self.store.get_bytes(storage.join(self.root, LATEST)))
-        except storage.ObjectNotFound:
-            return None
-        except (ValueError, storage.StorageError) as exc:
-            log.warning("latest.json under %s is unreadable (%s); scanning step folders", self.root, exc)
-            return None
-        return data
+        return read_latest(self.store, self.root)
 
     def steps(self) -> list[int]:
-        found = []
-        for name in self.store.list_dirs(self.root):
-            match = _STEP_DIR.match(name.rstrip("/").rsplit("/", 1)[-1] + "/")
-            if match:
-                found.append(int(match.group(1)))
-        return sorted(found)
+        return list_steps(self.store, self.root)
 
     def load_latest(self, *, map_location: str = "cpu") -> Checkpoint | None:
         """The newest checkpoint that verifies: latest.json's first, then older step folders, newest first."""
@@ -197,12 +164,15 @@ class CheckpointManager:
     def load_step(self, step: int, *, map_location: str = "cpu", weights_only: bool = False) -> Checkpoint:
         step_uri = storage.join(self.root, step_dir_name(step))
         try:
-            manifest: dict[str, Any] = json.loads(self.store.get_bytes(storage.join(step_uri, MANIFEST)))
-        except (storage.StorageError, ValueError) as exc:
+            read = read_manifest(self.store, step_uri)
+        except (storage.StorageError, CheckpointError) as exc:
             raise CheckpointError(f"no readable manifest ({exc})") from exc
+        if read is None:
+            raise CheckpointError(f"no readable manifest ({storage.join(step_uri, MANIFEST)} does not exist)")
+        manifest = read[0]
         with tempfile.TemporaryDirectory(prefix="ganops-load-", dir=self.staging) as tmp:
             local = Path(tmp)
-            wanted = [f"{n}.safetensors" for n in WEIGHT_FILES] + ([] if weights_only else [TRAIN_STATE])
+            wanted = [weights_file(n) for n in WEIGHT_FILES] + ([] if weights_only else [TRAIN_STATE])
             for name in wanted:
                 expected = manifest.get("files", {}).get(name)
                 if expected is None:
@@ -217,7 +187,7 @@ class CheckpointManager:
                         f"checksum mismatch for {name}: manifest {expected[:12]}…, file {actual[:12]}…"
                     )
             try:
-                weights = {n: load_file(str(local / f"{n}.safetensors"), device=map_location) for n in WEIGHT_FILES}
+                weights = {n: load_file(str(local / weights_file(n)), device=map_location) for n in WEIGHT_FILES}
                 train_state: dict[str, Any] = (
                     {} if weights_only
                     else torch.load(local / TRAIN_STATE, map_location=map_location, weights_only=True)
@@ -248,11 +218,10 @@ class CheckpointManager:
 
     def _metric_of(self, step: int) -> float | None:
         try:
-            manifest = json.loads(self.store.get_bytes(storage.join(self.root, step_dir_name(step), MANIFEST)))
-        except (storage.StorageError, ValueError):
+            read = read_manifest(self.store, storage.join(self.root, step_dir_name(step)))
+        except (storage.StorageError, CheckpointError):
             return None
-        metric = manifest.get("metric")
-        return float(metric) if metric is not None else None
+        return finite_number(read[0].get("metric")) if read is not None else None
 
     def best_step(self) -> int | None:
         scored = [(m, s) for s in self.steps() if (m := self._metric_of(s)) is not None]

@@ -49,6 +49,7 @@ from torch import nn
 
 from ganops import storage
 from ganops.api.spec import GanTrainingJobSpec
+from ganops.models import sample_latent
 from ganops.trainer.data import Dataset, MixtureDataset, TensorDataset
 from ganops.trainer.evaluate.errors import FeatureExtractorError, InsufficientSamples
 from ganops.trainer.evaluate.features import (
@@ -61,7 +62,6 @@ from ganops.trainer.evaluate.frechet import feature_statistics, frechet_distance
 from ganops.trainer.evaluate.kid import KIDResult, kernel_inception_distance
 from ganops.trainer.evaluate.modes import ModeSet
 from ganops.trainer.evaluate.report import EvaluationReport, evaluate_features
-from ganops.trainer.models import sample_latent
 from ganops.trainer.progress import event
 
 __all__ = [

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganops.trainer.models import sample_latent
+from ganops.models import sample_latent
 
 __all__ = [
     "COLLAPSE",

@@ -28,9 +28,12 @@ from torch import nn
 
 from ganops import __version__
 from ganops.api.spec import GanTrainingJob, spec_hash
+from ganops.checkpoints import MEMORIZATION_KEY, CheckpointError, job_root
 from ganops.cost import cost_of
+from ganops.generator import generate
+from ganops.models import build_models, sample_latent
 from ganops.trainer import distributed as dist_utils
-from ganops.trainer.checkpoint import Checkpoint, CheckpointError, CheckpointManager, job_root
+from ganops.trainer.checkpoint import Checkpoint, CheckpointManager
 from ganops.trainer.data import DataStream, load_dataset, make_stream
 from ganops.trainer.ema import EMA
 from ganops.trainer.evaluate.report import EvaluationReport
@@ -49,8 +52,7 @@ from ganops.trainer.health import (
     health_event,
 )
 from ganops.trainer.losses import discriminator_step_loss, generator_step_loss
-from ganops.trainer.memorization import MANIFEST_KEY, ensure_index
-from ganops.trainer.models import build_models, sample_latent
+from ganops.trainer.memorization import ensure_index
 from ganops.trainer.progress import Progress, event
 
 log = logging.getLogger(__name__)
@@ -59,8 +61,7 @@ DEFAULT_CHECKPOINT_URI = "file://.ganops/checkpoints"
 PROBE_POINTS = 512  # diversity probe size for 2-D data
 PROBE_IMAGES = 128  # … and for images
 
-__all__ = ["DEFAULT_CHECKPOINT_URI", "RunContext", "StopSignal", "TrainResult", "Trainer", "TrainingDiverged",
-           "generate", "spec_hash"]
+__all__ = ["DEFAULT_CHECKPOINT_URI", "RunContext", "StopSignal", "TrainResult", "Trainer", "TrainingDiverged"]
 
 
 @dataclass
@@ -240,7 +241,7 @@ class Trainer:
                 "cost": cost_of(self.spec, self.elapsed_seconds).as_wire(),
                 "generation": {"latentDim": self.spec.model.latent_dim, "numClasses": self.spec.model.num_classes},
                 "model": self.spec.model.model_dump(mode="json", by_alias=True, exclude_none=True),
-                **({MANIFEST_KEY: index} if (index := self.memorization_index()) else {}),
+                **({MEMORIZATION_KEY: index} if (index := self.memorization_index()) else {}),
                 **(info or {}),
             },
         )
@@ -518,24 +519,6 @@ class Trainer:
     def sample(self, n: int, seed: int = 0, *, use_ema: bool = True) -> torch.Tensor:
         return generate(self.ema.ema_model if use_ema else self.g, n, seed, self.spec.model.latent_dim,
                         self.spec.model.num_classes, self.device)
-
-
-def generate(g: nn.Module, n: int, seed: int, latent_dim: int, num_classes: int | None,
-             device: torch.device, labels: torch.Tensor | None = None) -> torch.Tensor:
-    """Samples from fixed latents: the same (weights, seed) always gives the same output."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    z = sample_latent(n, latent_dim, gen, device)
-    y = None
-    if num_classes:
-        y = labels if labels is not None else torch.arange(n) % num_classes
-        y = y.to(device)
-    was_training = g.training
-    g.eval()
-    try:
-        out: torch.Tensor = g(z, y)
-    finally:
-        g.train(was_training)
-    return out.float().cpu()
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:

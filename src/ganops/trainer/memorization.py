@@ -1,7 +1,7 @@
 """The memorization index of a job's training set, written by the trainer for serving's memorization filter.
 
-Serving blocks outputs whose nearest training example is too close (`ganops.serving.safety.memorization`); it
-needs an index of the training set, and only the trainer has that set. So the trainer builds one, once per
+Serving blocks outputs whose nearest training example is too close; it needs an index of the training set (format
+and features: `ganops.memorization`), and only the trainer has that set. So the trainer builds one, once per
 dataset, and records where it lies in every checkpoint's ``manifest.json`` (``memorizationIndex``); promotion
 copies that URI into the model version's ``ganops.memorization_index`` tag, which serving follows.
 
@@ -26,28 +26,28 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ganops import storage
+from ganops.checkpoints import reference_uri
+from ganops.memorization import MemorizationIndex, feature_name, pixel_features, point_features
 from ganops.trainer.data import Dataset, TensorDataset
 from ganops.trainer.evaluator import dataset_fingerprint
 from ganops.trainer.progress import event
 
-__all__ = ["INDEX_FORMAT", "MANIFEST_KEY", "MAX_EXAMPLES", "ensure_index", "example_indices", "index_key",
+__all__ = ["INDEX_FORMAT", "MAX_EXAMPLES", "ensure_index", "example_indices", "index_key",
            "index_uri", "training_examples", "training_features"]
 
 INDEX_FORMAT = 1  # bump when what the index holds or how it is chosen changes
 MAX_EXAMPLES = 20_000  # cap on indexed examples (a seeded subset beyond it)
 SUBSET_SEED = 0x1DE5
-MANIFEST_KEY = "memorizationIndex"  # manifest.json field with the index's URI
 SUFFIX = ".memorization.safetensors"
 
 
 def _feature(dataset: Dataset) -> str:
-    return "points" if dataset.is_points else "pixels-grey16-l2"
+    return feature_name(point_features if dataset.is_points else pixel_features)
 
 
 def index_key(dataset: Dataset, max_examples: int = MAX_EXAMPLES) -> str:
@@ -65,7 +65,7 @@ def index_key(dataset: Dataset, max_examples: int = MAX_EXAMPLES) -> str:
 
 
 def index_uri(reference_root: str, key: str) -> str:
-    return storage.join(reference_root, "_reference", f"{key}{SUFFIX}")
+    return reference_uri(reference_root, f"{key}{SUFFIX}")
 
 
 def example_indices(dataset: Dataset, max_examples: int = MAX_EXAMPLES) -> torch.Tensor | None:
@@ -92,8 +92,6 @@ def training_features(dataset: Dataset, max_examples: int = MAX_EXAMPLES, *, chu
     """The indexed examples' features (serving's `pixel_features` / `point_features`) and the feature's name,
     computed ``chunk`` rows at a time: only one chunk of examples is ever copied (20,000 RGB 64 px images would
     be ~1 GB at once, ~2 GB as the float64 the feature function works in)."""
-    from ganops.serving.safety.memorization import feature_name, pixel_features, point_features
-
     idx = example_indices(dataset, max_examples)
     if idx is None:
         return None
@@ -101,17 +99,6 @@ def training_features(dataset: Dataset, max_examples: int = MAX_EXAMPLES, *, chu
     fn = point_features if dataset.is_points else pixel_features
     parts = [fn(dataset.data[idx[start:start + chunk]].numpy()) for start in range(0, len(idx), chunk)]
     return np.concatenate(parts).astype(np.float32, copy=False), feature_name(fn)
-
-
-def _precomputed(name: str) -> Callable[[np.ndarray], np.ndarray]:
-    """A feature function for rows that already are features, carrying the real feature's name (serving checks
-    that its filter computes the features the index was built with)."""
-
-    def features(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(rows, dtype=np.float32)
-
-    features.feature_name = name  # type: ignore[attr-defined]
-    return features
 
 
 def ensure_index(dataset: Dataset, reference_root: str, *, max_examples: int = MAX_EXAMPLES) -> str | None:
@@ -124,13 +111,11 @@ def ensure_index(dataset: Dataset, reference_root: str, *, max_examples: int = M
     if store.exists(uri):
         event("memorization_index_reused", uri=uri)
         return uri
-    from ganops.serving.safety.memorization import MemorizationIndex  # numpy + safetensors only
-
     started = time.perf_counter()
     computed = training_features(dataset, max_examples)
     assert computed is not None
     features, name = computed
-    index = MemorizationIndex.build(features, _precomputed(name))
+    index = MemorizationIndex.from_features(features, name)
     index.metadata.update(dataset=dataset.uri, datasetSize=dataset.num_samples, indexFormat=INDEX_FORMAT)
     store.put_bytes(uri, index.to_bytes())
     event("memorization_index_built", uri=uri, examples=len(features), threshold=round(index.threshold, 6),

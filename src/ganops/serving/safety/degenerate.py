@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ganops.memorization import pixel_features
+
 from .base import RequestContext, Sample, Verdict
-from .memorization import pixel_features
 
 __all__ = ["DegenerateFilter"]
 

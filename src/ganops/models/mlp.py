@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ganops.trainer.models.layers import LatentInput, MinibatchStd, ProjectionHead, apply_spectral_norm
+from ganops.models.layers import LatentInput, MinibatchStd, ProjectionHead, apply_spectral_norm
 
 DATA_DIM = 2
 

@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ganops.trainer.models.layers import LatentInput, MinibatchStd, ProjectionHead, apply_spectral_norm
+from ganops.models.layers import LatentInput, MinibatchStd, ProjectionHead, apply_spectral_norm
 
 DNorm = Literal["batch", "layer", "none"]
 IMAGE_SIZES = (8, 16, 32, 64, 128)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganops.trainer.models.layers import LatentInput, MinibatchStd, ProjectionHead, apply_spectral_norm
+from ganops.models.layers import LatentInput, MinibatchStd, ProjectionHead, apply_spectral_norm
 
 IMAGE_SIZES = (32, 64, 128)
 MAX_MULT = 8

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from ganops.api.spec import LossSpec, ModelSpec
-from ganops.trainer.models.dcgan import DCGANDiscriminator, DCGANGenerator, DNorm
-from ganops.trainer.models.layers import MinibatchStd
-from ganops.trainer.models.mlp import MLPDiscriminator, MLPGenerator
-from ganops.trainer.models.resnet import ResNetDiscriminator, ResNetGenerator
+from ganops.models.dcgan import DCGANDiscriminator, DCGANGenerator, DNorm
+from ganops.models.layers import MinibatchStd
+from ganops.models.mlp import MLPDiscriminator, MLPGenerator
+from ganops.models.resnet import ResNetDiscriminator, ResNetGenerator
 
 __all__ = [
     "DCGANDiscriminator",
