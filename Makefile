@@ -46,9 +46,11 @@ demo: install
 test: install system-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# ruff, mypy --strict, and the layer map (docs/architecture.md; contracts in pyproject.toml) with import-linter.
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks scripts dashboards
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: install
 	$(PY) -m benchmarks.train_throughput

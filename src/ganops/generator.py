@@ -4,7 +4,8 @@
   (never unpickled) after its sha256 is checked against the manifest.
 - `latents`: the latent draw for a seed, with optional truncation; the only place it is defined, so a sample of
   seed ``s`` is the same whether the trainer's evaluation grid, promotion's grid or a served request drew it.
-- `generate`: samples for a seed, class labels cycling ``0, 1, …`` for a conditional generator.
+- `generate`: samples for a seed, class labels cycling ``0, 1, …`` for a conditional generator;
+  `checkpoint_samples` does both for a checkpoint and returns numpy (callers need no torch).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -21,7 +23,7 @@ from ganops import checkpoints, storage
 from ganops.api.spec import ModelSpec
 from ganops.models import build_models
 
-__all__ = ["build_generator", "generate", "latents", "load_generator"]
+__all__ = ["build_generator", "checkpoint_samples", "generate", "latents", "load_generator"]
 
 
 def latents(n: int, latent_dim: int, seed: int, truncation: float | None = None,
@@ -85,3 +87,13 @@ def load_generator(uri: str, *, ema: bool = True, device: str = "cpu") -> tuple[
     generator.load_state_dict(state)
     generator.to(torch.device(device)).eval()
     return generator, {**manifest, "uri": step_uri}
+
+
+def checkpoint_samples(uri: str, n: int, seed: int, *, ema: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """``n`` samples of the checkpoint at ``uri`` for ``seed`` (float32, C-contiguous: NCHW in [-1, 1] or ``(n, 2)``
+    points), with the checkpoint's manifest. Raises what `load_generator` raises."""
+    generator, manifest = load_generator(uri, ema=ema)
+    model = ModelSpec.model_validate(manifest["model"])
+    with torch.inference_mode():
+        out = generate(generator, n, seed, model.latent_dim, model.num_classes, torch.device("cpu"))
+    return np.ascontiguousarray(out.numpy(), dtype=np.float32), manifest

@@ -11,12 +11,11 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ganops import contracts, images, storage, tracking
 from ganops.api.spec import GanTrainingJob
 from ganops.checkpoints import CheckpointError, manifest_metrics
-from ganops.generator import generate, load_generator
+from ganops.generator import checkpoint_samples
 from ganops.home import local_artifact_root, local_tracking_uri
 from ganops.promotion import PromotionError, promote
 from ganops.trainer.loop import Trainer
@@ -33,13 +32,9 @@ def write_samples(checkpoint_uri: str, *, n: int, output: Path, seed: int = 0, e
     """Samples of a checkpoint's generator (``seed``, labels cycling) written as a PNG grid (a scatter plot for 2-D
     data) or, for an ``.npy`` output, the raw array."""
     try:
-        generator, manifest = load_generator(checkpoint_uri, ema=ema)
-    except (CheckpointError, storage.StorageError, KeyError) as exc:
+        samples, _ = checkpoint_samples(checkpoint_uri, n, seed, ema=ema)
+    except (CheckpointError, storage.StorageError, KeyError, ValueError) as exc:
         raise SamplingError(f"cannot load a generator from {checkpoint_uri}: {exc}") from exc
-    model = manifest["model"]
-    with torch.inference_mode():
-        samples: np.ndarray = generate(generator, n, seed, int(model.get("latentDim", 64)), model.get("numClasses"),
-                                       torch.device("cpu")).numpy()
     output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".npy":
         np.save(output, samples)

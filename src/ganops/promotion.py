@@ -199,18 +199,13 @@ class GenerationSettings:
 
 def render_samples(step_uri: str, settings: GenerationSettings) -> np.ndarray:
     """The promotion grid's raw samples: the EMA generator of ``step_uri`` on fixed latents (float32, CPU)."""
-    import torch
-
-    from ganops.generator import generate, load_generator
+    from ganops.generator import checkpoint_samples  # torch: only here (the operator promotes with render=False)
 
     try:
-        generator, _ = load_generator(step_uri, ema=settings.ema)
+        samples, _ = checkpoint_samples(step_uri, settings.sample_count, settings.sample_seed, ema=settings.ema)
     except (checkpoints.CheckpointError, storage.StorageError, KeyError, ValueError) as exc:
         raise PromotionError(f"cannot load the generator of {step_uri}: {exc}") from exc
-    with torch.inference_mode():
-        out = generate(generator, settings.sample_count, settings.sample_seed, settings.latent_dim,
-                       settings.num_classes, torch.device("cpu"))
-    return np.ascontiguousarray(out.numpy().astype(np.float32, copy=False))
+    return samples
 
 
 def samples_png(samples: np.ndarray) -> bytes:
