@@ -34,7 +34,11 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (0 for the first retry)."""
         exponent = min(max(retry, 0), 64)  # past this the cap has long been reached; avoids float overflow
-        base = min(self.max_delay, self.base_delay * self.multiplier**exponent)
+        try:
+            grown = self.base_delay * self.multiplier**exponent
+        except OverflowError:  # a huge multiplier overflows a float before the 64th power: the cap applies
+            grown = self.max_delay
+        base = min(self.max_delay, grown)
         return float(base * random.uniform(0.5, 1.0)) if self.jitter else float(base)
 
 
@@ -48,7 +52,8 @@ def call(
     """``fn()``, tried again after ``policy``'s delays while ``retry_if(exc)`` holds and tries are left.
 
     When it gives up, the last exception propagates unchanged (callers translate it; `attempts_made` tells how
-    many tries were made). ``on_retry(exc, attempt, delay)`` is called before each sleep (for a log line)."""
+    many tries were made). ``on_retry(exc, attempt, delay)`` is called before each sleep (for a log line), with the
+    number of the try that just failed (1 for the first) and the seconds about to be slept."""
     stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max(1, policy.attempts))
     if policy.budget_s is not None:
         stop = stop | tenacity.stop_before_delay(policy.budget_s)

@@ -14,8 +14,7 @@ from PIL import Image
 
 from ganops import storage
 from ganops.api.spec import DatasetSpec, GanTrainingJobSpec, ModelSpec
-from ganops.trainer import data
-from ganops.trainer.data import DataError, TensorDataset, load_dataset, load_dataset_uri
+from ganops.trainer.data import DataError, TensorDataset, ingest, load_dataset, load_dataset_uri
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 
@@ -57,7 +56,7 @@ def test_s3_folder_with_labels_and_cache(s3_bucket: str, tmp_path: Path, monkeyp
     check(load_dataset(spec, cache_dir=tmp_path))
 
     with monkeypatch.context() as m:  # a resumed pod: same objects, no decoding
-        m.setattr(data, "_decode_image", no_decoding)
+        m.setattr(ingest, "_decode_image", no_decoding)
         check(load_dataset(spec, cache_dir=tmp_path))
         store.put_bytes(f"{s3_bucket}/pets/dog/a.png", image(BLUE, (17, 17)))  # new ETag: decoded again
         with pytest.raises(DataError, match="decoded although cached"):
@@ -81,7 +80,7 @@ def test_s3_archive(suffix: str, s3_bucket: str, tmp_path: Path, monkeypatch: py
     storage.open_store(uri).put_bytes(uri, buf.getvalue())
     check(load_dataset_uri(uri, image_size=8, channels=3, num_classes=2, cache_dir=tmp_path))
     assert not list((tmp_path / "downloads").iterdir())  # the download is removed once decoded
-    monkeypatch.setattr(data, "_decode_image", no_decoding)
+    monkeypatch.setattr(ingest, "_decode_image", no_decoding)
     check(load_dataset_uri(uri, image_size=8, channels=3, num_classes=2, cache_dir=tmp_path))
 
 

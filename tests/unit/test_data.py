@@ -25,6 +25,7 @@ from ganops.trainer.data import (
     DataStream,
     MixtureDataset,
     TensorDataset,
+    ingest,
     load_dataset,
     load_dataset_uri,
     make_stream,
@@ -400,7 +401,7 @@ def test_cache_skips_decoding_until_the_source_changes(tmp_path: Path, monkeypat
     def no_decoding(*args: Any) -> Any:
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "_decode_image", no_decoding)
+    monkeypatch.setattr(ingest, "_decode_image", no_decoding)
     again = load_dataset_uri(uri, image_size=8, channels=3, num_classes=2, cache_dir=cache)
     assert isinstance(first, TensorDataset) and isinstance(again, TensorDataset)
     assert torch.equal(first.data, again.data) and again.classes == ("cat", "dog")
@@ -421,13 +422,13 @@ def test_concurrent_loaders_decode_once(tmp_path: Path, monkeypatch: pytest.Monk
     root = tmp_path / "pets"
     make_class_tree(root)
     calls: list[str] = []
-    real = data._decode_image
+    real = ingest._decode_image
 
     def counting(source: Any, image_size: int, channels: int) -> Any:
         calls.append(str(source))
         return real(source, image_size, channels)
 
-    monkeypatch.setattr(data, "_decode_image", counting)
+    monkeypatch.setattr(ingest, "_decode_image", counting)
     results: list[Any] = []
 
     def load() -> None:
@@ -572,7 +573,7 @@ def test_class_mismatches(tmp_path: Path) -> None:
 
 
 def test_images_above_the_pixel_limit_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 30 * 30)
+    monkeypatch.setattr(ingest, "MAX_IMAGE_PIXELS", 30 * 30)
     root = tmp_path / "big"
     root.mkdir()
     (root / "small.png").write_bytes(png_bytes(RED, (30, 30)))

@@ -21,7 +21,9 @@ from ganops.storage import (
     SplitURI,
     StorageError,
     join,
+    local,
     open_store,
+    s3_errors,
     split_uri,
 )
 
@@ -208,7 +210,7 @@ def test_writer_raising_midway_leaves_target_and_no_temp(tmp_path: Path) -> None
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        storage._atomic_write(str(target), half_write)
+        local._atomic_write(str(target), half_write)
     assert target.read_bytes() == b"previous"
     assert os.listdir(target.parent) == ["generator.safetensors"]
 
@@ -403,15 +405,15 @@ def client_error(code: str, status: int, message: str = "msg") -> ClientError:
     ],
 )
 def test_error_translation(exc: Exception, kind: type[StorageError], transient: bool) -> None:
-    error = storage._translate(exc, "get", "s3://b/k")
+    error = s3_errors._translate(exc, "get", "s3://b/k")
     assert type(error) is kind
     assert "s3://b/k" in str(error)
-    assert storage._is_transient(exc) is transient
+    assert s3_errors._is_transient(exc) is transient
     if kind is StorageError and isinstance(exc, ClientError) and exc.response["Error"]["Code"] == "NoSuchBucket":
         assert "bucket does not exist" in str(error)
 
 
 def test_credentials_missing_message_says_what_to_set() -> None:
-    error = storage._translate(NoCredentialsError(), "put", "s3://b/k")
+    error = s3_errors._translate(NoCredentialsError(), "put", "s3://b/k")
     for hint in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "Secret", "s3://b/k"):
         assert hint in str(error)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import nn
 
+from ganops.contracts import DATASET_DIGITS, MIXTURE_DATASETS
 from ganops.trainer.evaluate.digits import DigitsNet, preprocess_digits
 from ganops.trainer.evaluate.errors import FeatureExtractorError
 from ganops.trainer.evaluate.inception import FIDInceptionV3
@@ -287,8 +288,8 @@ def build_extractor(
 def default_extractor_name(dataset_uri: str) -> str:
     """The extractor ``auto`` resolves to: ``raw`` for the 2-D builtins, ``digits`` for builtin digits,
     ``inception`` otherwise."""
-    if dataset_uri in ("builtin:ring8", "builtin:grid25"):
+    if dataset_uri in MIXTURE_DATASETS:
         return "raw"
-    if dataset_uri == "builtin:digits":
+    if dataset_uri == DATASET_DIGITS:
         return "digits"
     return "inception"

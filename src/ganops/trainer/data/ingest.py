@@ -1,25 +1,10 @@
-"""The trainer's data: datasets held as one tensor in memory and a resumable, shardable stream of batches.
+"""Loading a dataset from its URI: the builtins by name, and folders or archives of images on ``file://`` or ``s3://``.
 
-Datasets (`load_dataset`):
-
-- ``builtin:ring8`` / ``builtin:grid25``: infinite 2-D Gaussian mixtures with the PacGAN constants. Every batch is a
-  fresh draw (uniform mode, Gaussian noise); ``mode_centers`` and ``sigma`` are exposed for evaluation.
-- ``builtin:digits``: scikit-learn's bundled 8x8 digits (1797 images, labels 0..9), resized to ``model.imageSize``.
-- ``file://…`` or ``s3://…``: a folder (an S3 prefix) or an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``) of
-  PNG/JPEG images, decoded once, converted to ``model.channels``, center-cropped and resized to ``model.imageSize``,
-  then cached as a uint8 ``.pt`` keyed by URI, size, channels and the source's mtimes/ETags, so a resumed pod does
-  not decode again. Conditional models take labels from the first-level sub-folder names (sorted → 0..K-1) after
-  any folders common to every image (e.g. an archive's single top folder) are stripped.
-
-Image datasets are one ``(N, C, H, W)`` float32 tensor in [-1, 1] (points: ``(N, 2)``) with optional ``(N,)`` int64
-labels: indexing it per batch is much faster than a DataLoader for datasets that fit in memory.
-
-`DataStream` yields batches from a per-epoch permutation of the dataset derived from ``(seed, epoch)``; rank ``r`` of
-``w`` takes the disjoint slice ``perm[r::w]`` (``N // w`` samples, so every rank sees epoch boundaries at the same
-batch). Batches may straddle epochs: every sample is used equally often and every batch has the same size.
-Randomness per batch (augmentations, 2-D draws) comes from a generator seeded by ``(seed, rank, batch number)``,
-so the whole position is ``(epoch, index, batches)`` and identical on every rank: the state saved by rank 0
-resumes every rank bitwise.
+``file://…`` or ``s3://…`` name a folder (an S3 prefix) or an archive (``.tar``, ``.tar.gz``, ``.tgz``, ``.zip``) of
+PNG/JPEG images, decoded once, converted to ``model.channels``, center-cropped and resized to ``model.imageSize``,
+then cached as a uint8 ``.pt`` keyed by URI, size, channels and the source's mtimes/ETags, so a resumed pod does
+not decode again. Conditional models take labels from the first-level sub-folder names (sorted → 0..K-1) after
+any folders common to every image (e.g. an archive's single top folder) are stripped.
 
 Bad input is a `DataError` raised before training, naming ``spec.dataset.uri`` and the fix. A corrupt or unreadable
 image fails the load (naming the files) rather than being skipped: silently training on less data than the user
@@ -44,436 +29,36 @@ import threading
 import time
 import warnings
 import zipfile
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ganops import storage
 from ganops.api.spec import GanTrainingJobSpec
+from ganops.contracts import BUILTIN_DATASETS, DATASET_DIGITS, DATASET_RING8, MIXTURE_DATASETS
+from ganops.trainer.data.datasets import DataError, Dataset, TensorDataset, _error, digits, grid25, ring8
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
-    "AUGMENTATIONS",
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
-    "Batch",
-    "DataError",
-    "DataStream",
-    "Dataset",
-    "MixtureDataset",
-    "TensorDataset",
-    "digits",
-    "grid25",
     "load_dataset",
     "load_dataset_uri",
-    "make_stream",
-    "ring8",
 ]
 
-BUILTINS = ("builtin:ring8", "builtin:grid25", "builtin:digits")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-AUGMENTATIONS = ("hflip", "translate")
 MAX_IMAGE_PIXELS = 64_000_000  # larger images are refused (decompression bombs)
 MAX_MEMBER_BYTES = 256 * 1024 * 1024  # one archive member or S3 object; larger ones are refused
 CACHE_FORMAT = 1  # bump when decoding changes, so stale caches are not reused
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
-_STATE_VERSION = 1
-_TAG_PERMUTATION = 0x5045524D
-_TAG_BATCH = 0x42415443
-_MASK64 = (1 << 64) - 1
-
-
-class DataError(ValueError):
-    """The dataset cannot be used: the message names ``spec.dataset.uri`` and what to fix."""
-
-
-def _error(uri: str, problem: str) -> DataError:
-    return DataError(f"spec.dataset.uri {uri!r}: {problem}")
-
-
-class Batch(NamedTuple):
-    """One batch: ``x`` (B, C, H, W) or (B, 2) float32; ``y`` (B,) int64 labels or None. Unpacks as a tuple."""
-
-    x: torch.Tensor
-    y: torch.Tensor | None
-
-
-def _mix(*values: int) -> int:
-    """A well-spread 63-bit seed from integers (splitmix64 over the values)."""
-    h = 0x9E3779B97F4A7C15
-    for value in values:
-        z = (h + (value & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h = z ^ (z >> 31)
-    return h & ((1 << 63) - 1)
-
-
-# ------------------------------------------------------------------------------------------------ datasets
-
-
-class Dataset(ABC):
-    """Training data held in memory. ``num_samples`` is None for the infinite 2-D mixtures."""
-
-    uri: str
-
-    @property
-    @abstractmethod
-    def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one sample: (C, H, W) for images, (2,) for points."""
-
-    @property
-    @abstractmethod
-    def num_samples(self) -> int | None:
-        """Number of samples, or None when the dataset is an infinite distribution."""
-
-    @property
-    @abstractmethod
-    def num_classes(self) -> int | None:
-        """Number of label classes, or None when the dataset has no labels."""
-
-    @property
-    def is_points(self) -> bool:
-        return self.sample_shape == (2,)
-
-    @abstractmethod
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
-        """``n`` real samples for evaluation (without replacement when the dataset has that many)."""
-
-
-@dataclass(eq=False)
-class TensorDataset(Dataset):
-    """A finite dataset: ``data`` (N, C, H, W) float32 in [-1, 1] or (N, 2); ``labels`` (N,) int64 or None."""
-
-    data: torch.Tensor
-    labels: torch.Tensor | None = None
-    classes: tuple[str, ...] | None = None
-    uri: str = ""
-
-    def __post_init__(self) -> None:
-        if self.data.dim() not in (2, 4) or self.data.shape[0] == 0:
-            raise ValueError(f"data must be (N, C, H, W) or (N, 2) with N > 0, got {tuple(self.data.shape)}")
-        if self.data.dtype != torch.float32:
-            raise ValueError(f"data must be float32, got {self.data.dtype}")
-        if self.labels is not None:
-            if self.labels.shape != (self.data.shape[0],) or self.labels.dtype != torch.int64:
-                raise ValueError(f"labels must be ({self.data.shape[0]},) int64, got {tuple(self.labels.shape)} "
-                                 f"{self.labels.dtype}")
-            if self.classes is None:
-                self.classes = tuple(str(i) for i in range(int(self.labels.max()) + 1))
-
-    def __len__(self) -> int:
-        return int(self.data.shape[0])
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape[1:])
-
-    @property
-    def num_samples(self) -> int:
-        return len(self)
-
-    @property
-    def num_classes(self) -> int | None:
-        return None if self.labels is None or self.classes is None else len(self.classes)
-
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
-        if n <= len(self):
-            idx = torch.randperm(len(self), generator=generator)[:n]
-        else:
-            idx = torch.randint(len(self), (n,), generator=generator)
-        return Batch(self.data[idx], None if self.labels is None else self.labels[idx])
-
-
-@dataclass(eq=False)
-class MixtureDataset(Dataset):
-    """An infinite mixture of isotropic Gaussians with equal weights: ``mode_centers`` (K, 2), std ``sigma``."""
-
-    mode_centers: torch.Tensor
-    sigma: float
-    uri: str = ""
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return (2,)
-
-    @property
-    def num_samples(self) -> None:
-        return None
-
-    @property
-    def num_classes(self) -> None:
-        return None
-
-    @property
-    def num_modes(self) -> int:
-        return int(self.mode_centers.shape[0])
-
-    def sample_with_modes(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` fresh points and the index of the mode each was drawn from."""
-        modes = torch.randint(self.num_modes, (n,), generator=generator)
-        noise = torch.randn(n, 2, generator=generator)
-        return self.mode_centers[modes] + self.sigma * noise, modes
-
-    def sample(self, n: int, generator: torch.Generator) -> Batch:
-        return Batch(self.sample_with_modes(n, generator)[0], None)
-
-
-def ring8(uri: str = "builtin:ring8") -> MixtureDataset:
-    """8 modes at (cos 2πi/8, sin 2πi/8), σ = 0.01 (PacGAN)."""
-    angles = torch.arange(8, dtype=torch.float64) * (2 * torch.pi / 8)
-    centers = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1).to(torch.float32)
-    return MixtureDataset(centers, 0.01, uri)
-
-
-def grid25(uri: str = "builtin:grid25") -> MixtureDataset:
-    """25 modes at {−4, −2, 0, 2, 4}², σ = 0.05 (PacGAN)."""
-    axis = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0])
-    centers = torch.cartesian_prod(axis, axis).to(torch.float32)
-    return MixtureDataset(centers, 0.05, uri)
-
-
-def _convert_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Grey (N, 1, H, W) in [-1, 1] → 1 (grey), 2 (grey + opaque alpha), 3 (RGB) or 4 (RGBA) channels."""
-    if channels == 1:
-        return x
-    opaque = torch.ones_like(x)
-    parts = {2: [x, opaque], 3: [x, x, x], 4: [x, x, x, opaque]}[channels]
-    return torch.cat(parts, dim=1)
-
-
-def digits(image_size: int = 8, channels: int = 1, uri: str = "builtin:digits") -> TensorDataset:
-    """scikit-learn's bundled digits (1797 8x8 greys, values 0..16) in [-1, 1], bilinearly resized with
-    antialiasing to ``image_size``; labels 0..9."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    x = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32)).unsqueeze(1) / 8.0 - 1.0
-    if image_size != 8:
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.clamp_(-1.0, 1.0)
-    y = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
-    return TensorDataset(_convert_channels(x, channels).contiguous(), y, tuple(str(i) for i in range(10)), uri)
-
-
-# ------------------------------------------------------------------------------------------------ the stream
-
-
-def _hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device).view(-1, 1, 1, 1)
-    return torch.where(flip, x.flip(3), x)
-
-
-def _translate(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Shift each image by up to 1/8 of its size (at least 1 px) per axis; borders are filled by reflection."""
-    b, c, h, w = x.shape
-    s = max(1, min(h, w) // 8)
-    shifts = torch.randint(-s, s + 1, (b, 2), generator=g).to(x.device)
-    padded = F.pad(x, (s, s, s, s), mode="reflect")
-    # Two separable gathers (rows, then columns): vectorised on any device, twice as fast as one 4-D index.
-    rows = (torch.arange(h, device=x.device) + s - shifts[:, :1]).view(b, 1, h, 1).expand(b, c, h, w + 2 * s)
-    cols = (torch.arange(w, device=x.device) + s - shifts[:, 1:]).view(b, 1, 1, w).expand(b, c, h, w)
-    return padded.gather(2, rows).gather(3, cols)
-
-
-_AUGMENT: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "hflip": _hflip,
-    "translate": _translate,
-}
-
-
-class DataStream(Iterator[Batch]):
-    """An endless, deterministic, resumable stream of batches of ``batch_size`` samples for one rank.
-
-    ``batch_size`` is per rank. Position: ``epoch``, ``index`` (samples of this rank's shard already used in the
-    epoch) and ``batches`` (batches drawn so far); everything random is a function of them and the seed.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        batch_size: int,
-        seed: int,
-        *,
-        rank: int = 0,
-        world_size: int = 1,
-        augmentations: Sequence[str] = (),
-        device: torch.device | str | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
-        unknown = [a for a in augmentations if a not in _AUGMENT]
-        if unknown:
-            raise _error(dataset.uri, f"unknown augmentation(s) {unknown} in spec.dataset.augmentations: use "
-                                      f"{', '.join(AUGMENTATIONS)}")
-        if augmentations and dataset.is_points:
-            raise _error(dataset.uri, f"augmentations {list(augmentations)} apply to images only: remove "
-                                      "spec.dataset.augmentations for the 2-D datasets")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.augmentations = tuple(augmentations)
-        self.device = torch.device(device) if device is not None else None
-        self.epoch = 0
-        self.index = 0
-        self.batches = 0
-        self._gen = torch.Generator(device="cpu")
-        self._data: torch.Tensor | None = None
-        self._labels: torch.Tensor | None = None
-        self._shard_cache: tuple[int, torch.Tensor] | None = None
-        self.shard_size = 0
-        if isinstance(dataset, TensorDataset):
-            if len(dataset) < world_size:
-                raise _error(dataset.uri, f"{len(dataset)} samples cannot be shared by {world_size} ranks: "
-                                          "add images or use fewer replicas/GPUs")
-            self.shard_size = len(dataset) // world_size
-            self._data = dataset.data if self.device is None else dataset.data.to(self.device)
-            if dataset.labels is not None:
-                self._labels = dataset.labels if self.device is None else dataset.labels.to(self.device)
-
-    # ------------------------------------------------------------------ position
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        """The whole dataset's order in ``epoch`` (the same on every rank)."""
-        n = self.dataset.num_samples
-        if n is None:
-            raise TypeError("an infinite dataset has no permutation")
-        g = torch.Generator(device="cpu").manual_seed(_mix(self.seed, _TAG_PERMUTATION, epoch))
-        return torch.randperm(n, generator=g)
-
-    def shard(self, epoch: int) -> torch.Tensor:
-        """This rank's indices in ``epoch``: ``permutation(epoch)[rank::world_size]``, ``shard_size`` long."""
-        if self._shard_cache is None or self._shard_cache[0] != epoch:
-            perm = self.permutation(epoch)
-            self._shard_cache = (epoch, perm[self.rank :: self.world_size][: self.shard_size].clone())
-        return self._shard_cache[1]
-
-    def _batch_generator(self) -> torch.Generator:
-        return self._gen.manual_seed(_mix(self.seed, _TAG_BATCH, self.rank, self.batches))
-
-    def _next_indices(self) -> torch.Tensor:
-        parts: list[torch.Tensor] = []
-        need = self.batch_size
-        while need:
-            take = min(need, self.shard_size - self.index)
-            parts.append(self.shard(self.epoch)[self.index : self.index + take])
-            self.index += take
-            need -= take
-            if self.index == self.shard_size:
-                self.epoch += 1
-                self.index = 0
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-    # ------------------------------------------------------------------ batches
-
-    def next_batch(self) -> Batch:
-        g = self._batch_generator()
-        if isinstance(self.dataset, MixtureDataset):
-            x = self.dataset.sample(self.batch_size, g).x
-            if self.device is not None:
-                x = x.to(self.device)
-            self.index += self.batch_size
-            self.batches += 1
-            return Batch(x, None)
-        assert self._data is not None
-        idx = self._next_indices()
-        if self.device is not None:
-            idx = idx.to(self.device)
-        x = self._data[idx]
-        y = None if self._labels is None else self._labels[idx]
-        for name in self.augmentations:
-            x = _AUGMENT[name](x, g)
-        self.batches += 1
-        return Batch(x, y)
-
-    def __next__(self) -> Batch:
-        return self.next_batch()
-
-    def __iter__(self) -> DataStream:
-        return self
-
-    # ------------------------------------------------------------------ resume
-
-    def state_dict(self) -> dict[str, Any]:
-        """The exact position, as plain ints (``torch.load(weights_only=True)`` reads it back).
-
-        There is no generator state to save: the generator of each batch is re-seeded from
-        ``(seed, rank, batches)``, so this state is the same on every rank and rank 0's copy resumes them all.
-        """
-        return {
-            "version": _STATE_VERSION,
-            "epoch": self.epoch,
-            "index": self.index,
-            "batches": self.batches,
-            "seed": self.seed,
-            "world_size": self.world_size,
-            "batch_size": self.batch_size,
-            "num_samples": -1 if self.dataset.num_samples is None else self.dataset.num_samples,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue where ``state`` left off. Bitwise identical when seed, world size and dataset are the same;
-        otherwise the same epoch and fraction of it (logged as a warning)."""
-        if int(state.get("version", 0)) != _STATE_VERSION:
-            raise ValueError(f"unsupported data stream state version {state.get('version')!r}")
-        epoch, index, batches = int(state["epoch"]), int(state["index"]), int(state["batches"])
-        n = self.dataset.num_samples
-        same = (int(state["seed"]) == self.seed and int(state["world_size"]) == self.world_size
-                and int(state["num_samples"]) == (-1 if n is None else n))
-        if not same:
-            logger.warning(
-                "data stream state from seed=%s world_size=%s num_samples=%s resumed with seed=%s world_size=%s "
-                "num_samples=%s: continuing at the same epoch and position, not bitwise identical",
-                state["seed"], state["world_size"], state["num_samples"], self.seed, self.world_size, n,
-            )
-            if n is not None:
-                consumed = index * int(state["world_size"])  # samples of the epoch used by all ranks
-                index = min(consumed // self.world_size, self.shard_size - 1)
-        self.epoch, self.index, self.batches = epoch, index, batches
-        self._shard_cache = None
-
-    # ------------------------------------------------------------------ info
-
-    @property
-    def batches_per_epoch(self) -> float:
-        """Batches per pass over this rank's shard (inf for the infinite datasets)."""
-        return float("inf") if not self.shard_size else self.shard_size / self.batch_size
-
-    def __repr__(self) -> str:
-        return (f"DataStream({self.dataset.uri!r}, batch_size={self.batch_size}, rank={self.rank}/"
-                f"{self.world_size}, epoch={self.epoch}, index={self.index}, batches={self.batches})")
-
-
-def make_stream(
-    dataset: Dataset,
-    batch_size: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    augmentations: Sequence[str] = (),
-    *,
-    device: torch.device | str | None = None,
-) -> DataStream:
-    """A `DataStream` of ``batch_size`` samples per rank; ``device`` moves the whole dataset there once."""
-    return DataStream(dataset, batch_size, seed, rank=rank, world_size=world_size,
-                      augmentations=augmentations, device=device)
-
-
-# ------------------------------------------------------------------------------------------------ loading
 
 
 def load_dataset(spec: GanTrainingJobSpec, *, cache_dir: Path) -> Dataset:
@@ -502,23 +87,23 @@ def load_dataset_uri(
         return _builtin(uri, image_size=image_size, channels=channels, num_classes=num_classes)
     if uri.startswith("file://") or uri.startswith("s3://"):
         return _ImageLoader(uri, image_size, channels, num_classes, Path(cache_dir)).load()
-    raise _error(uri, f"unsupported dataset URI: use one of {', '.join(BUILTINS)}, or a file:// or s3:// "
+    raise _error(uri, f"unsupported dataset URI: use one of {', '.join(BUILTIN_DATASETS)}, or a file:// or s3:// "
                       f"folder or archive ({', '.join(ARCHIVE_SUFFIXES)}) of PNG/JPEG images")
 
 
 def _builtin(uri: str, *, image_size: int, channels: int, num_classes: int | None) -> Dataset:
-    if uri in ("builtin:ring8", "builtin:grid25"):
+    if uri in MIXTURE_DATASETS:
         if num_classes is not None:
             raise _error(uri, "the 2-D datasets have no labels: unset spec.model.numClasses")
-        return ring8(uri) if uri == "builtin:ring8" else grid25(uri)
-    if uri == "builtin:digits":
+        return ring8(uri) if uri == DATASET_RING8 else grid25(uri)
+    if uri == DATASET_DIGITS:
         if num_classes is not None and num_classes != 10:
-            raise _error(uri, f"builtin:digits has 10 classes but spec.model.numClasses is {num_classes}: "
+            raise _error(uri, f"{DATASET_DIGITS} has 10 classes but spec.model.numClasses is {num_classes}: "
                               "set it to 10 or unset it")
         return digits(image_size, channels, uri)
-    close = difflib.get_close_matches(uri, BUILTINS, n=1)
+    close = difflib.get_close_matches(uri, BUILTIN_DATASETS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise _error(uri, f"unknown builtin dataset: use one of {', '.join(BUILTINS)}{hint}")
+    raise _error(uri, f"unknown builtin dataset: use one of {', '.join(BUILTIN_DATASETS)}{hint}")
 
 
 def _archive_suffix(name: str) -> str | None:
