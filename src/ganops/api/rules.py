@@ -14,8 +14,9 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
-BUILTIN_DATASETS = ("builtin:ring8", "builtin:grid25", "builtin:digits")
-POINT_DATASETS = ("builtin:ring8", "builtin:grid25")
+from ganops.contracts import BUILTIN_DATASETS, MIXTURE_DATASETS
+
+POINT_DATASETS = MIXTURE_DATASETS
 CONV_IMAGE_SIZES = (8, 16, 32, 64, 128)
 
 
