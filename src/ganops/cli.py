@@ -9,16 +9,14 @@ move), 1 anything unexpected.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
-from ganops import contracts
+from ganops import contracts, logs
 from ganops.api.loader import JobFileError, load_job
 from ganops.api.spec import GanTrainingJob
 
@@ -43,10 +41,7 @@ def _load(path: Path) -> GanTrainingJob:
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("GANOPS_LOG_LEVEL", "INFO"), stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    logs.setup()
 
 
 @app.command()

@@ -22,18 +22,34 @@ from typing import IO, Any
 
 from ganops.contracts import ENV_LOG_FORMAT, ENV_LOG_LEVEL
 
-__all__ = ["JsonFormatter", "TextFormatter", "event", "setup"]
+__all__ = ["JsonFormatter", "TextFormatter", "event", "event_fields", "event_name", "log_event", "setup"]
 
 _EVENT = "ganops_event"
 _FIELDS = "ganops_fields"
 _OURS = "_ganops_handler"
 
 
-def event(logger: logging.Logger, name: str, /, *, level: int = logging.INFO, **fields: Any) -> None:
-    """Log the event ``name`` with ``fields`` (JSON-serialisable values; others are shown with ``str``)."""
+def event(logger: logging.Logger, name: str, /, **fields: Any) -> None:
+    """Log the event ``name`` with ``fields`` at INFO (JSON-serialisable values; others are shown with ``str``)."""
+    log_event(logger, logging.INFO, name, **fields)
+
+
+def log_event(logger: logging.Logger, level: int, name: str, /, **fields: Any) -> None:
+    """`event` at another level (a warning, say)."""
     if logger.isEnabledFor(level):
         message = " ".join([name, *(f"{k}={_text(v)}" for k, v in fields.items())])
         logger.log(level, message, extra={_EVENT: name, _FIELDS: fields})
+
+
+def event_name(record: logging.LogRecord) -> str | None:
+    """The event a record carries (None for a plain message): what tests and log handlers match on."""
+    name = getattr(record, _EVENT, None)
+    return name if isinstance(name, str) else None
+
+
+def event_fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, _FIELDS, None)
+    return dict(fields) if isinstance(fields, dict) else {}
 
 
 def _text(value: Any) -> str:

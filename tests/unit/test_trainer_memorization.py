@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ganops import storage
+from ganops import logs, storage
 from ganops.checkpoints import MEMORIZATION_KEY
 from ganops.memorization import MemorizationIndex, pixel_features
 from ganops.trainer.checkpoint import CheckpointManager
@@ -57,7 +57,8 @@ def test_index_is_built_once_per_dataset_and_named_in_every_manifest(
     assert {m[MEMORIZATION_KEY] for m in manifests} == {expected}
     path = tmp_path / "ckpt" / "_reference" / f"{index_key(data)}.memorization.safetensors"
     written, mtime = path.read_bytes(), path.stat().st_mtime_ns
-    assert caplog.text.count('"memorization_index_built"') == 1 and '"memorization_index_reused"' not in caplog.text
+    events = [logs.event_name(r) for r in caplog.records]
+    assert events.count("memorization_index_built") == 1 and "memorization_index_reused" not in events
 
     index = MemorizationIndex.from_bytes(written)
     images = data.data.numpy()
@@ -75,7 +76,8 @@ def test_index_is_built_once_per_dataset_and_named_in_every_manifest(
         second = _fit(digits_job("second", **TINY), root, tmp_path)
     assert {m[MEMORIZATION_KEY] for m in _manifests(second)} == {expected}
     assert path.stat().st_mtime_ns == mtime and path.read_bytes() == written
-    assert '"memorization_index_reused"' in caplog.text and '"memorization_index_built"' not in caplog.text
+    events = [logs.event_name(r) for r in caplog.records]
+    assert "memorization_index_reused" in events and "memorization_index_built" not in events
     assert sorted(p.name for p in path.parent.glob("*.memorization.safetensors")) == [path.name]
 
 

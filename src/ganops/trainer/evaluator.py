@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -49,6 +50,7 @@ from torch import nn
 
 from ganops import storage
 from ganops.api.spec import GanTrainingJobSpec
+from ganops.logs import event
 from ganops.models import sample_latent
 from ganops.trainer.data import Dataset, MixtureDataset, TensorDataset
 from ganops.trainer.evaluate.errors import FeatureExtractorError, InsufficientSamples
@@ -62,7 +64,6 @@ from ganops.trainer.evaluate.frechet import feature_statistics, frechet_distance
 from ganops.trainer.evaluate.kid import KIDResult, kernel_inception_distance
 from ganops.trainer.evaluate.modes import ModeSet
 from ganops.trainer.evaluate.report import EvaluationReport, evaluate_features
-from ganops.trainer.progress import event
 
 __all__ = [
     "FAKE_SEED",
@@ -89,6 +90,8 @@ KID_PRECOMPUTE_MAX = 4096  # above this many samples per side the n×n kernels a
 
 F32 = NDArray[np.float32]
 F64 = NDArray[np.float64]
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- extractor
@@ -369,7 +372,7 @@ class Evaluator:
         except InsufficientSamples as exc:
             insufficient = str(exc)
         self.reference_computations += 1
-        event("evaluation_reference_computed", digest=digest, samples=n, dim=int(feats.shape[1]),
+        event(log, "evaluation_reference_computed", digest=digest, samples=n, dim=int(feats.shape[1]),
               seconds=round(time.perf_counter() - started, 3))
         return ReferenceStats(digest, n, int(feats.shape[1]), feats, mu, sigma, insufficient, "computed")
 
@@ -399,7 +402,7 @@ class Evaluator:
             store.put_bytes(data_uri, data)
             store.put_json(meta_uri, meta)  # last: its presence means the tensors are complete
         except (storage.StorageError, OSError) as exc:
-            event("evaluation_reference_not_cached", uri=meta_uri, error=str(exc))
+            event(log, "evaluation_reference_not_cached", uri=meta_uri, error=str(exc))
 
     def _load_reference(self, digest: str) -> ReferenceStats | None:
         meta_uri, data_uri = self._reference_uris(digest)
@@ -410,22 +413,22 @@ class Evaluator:
         except storage.ObjectNotFound:
             return None
         except (storage.StorageError, OSError, ValueError) as exc:
-            event("evaluation_reference_unreadable", uri=meta_uri, error=str(exc))
+            event(log, "evaluation_reference_unreadable", uri=meta_uri, error=str(exc))
             return None
         if not isinstance(meta, dict) or meta.get("format") != REFERENCE_FORMAT or meta.get("digest") != digest:
             return None
         if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-            event("evaluation_reference_unreadable", uri=data_uri, error="sha256 does not match its .json")
+            event(log, "evaluation_reference_unreadable", uri=data_uri, error="sha256 does not match its .json")
             return None
         try:
             tensors = load_safetensors(data) if data else {}
         except Exception as exc:  # a file that hashes right but will not parse is still unusable
-            event("evaluation_reference_unreadable", uri=data_uri, error=str(exc))
+            event(log, "evaluation_reference_unreadable", uri=data_uri, error=str(exc))
             return None
         features = tensors["features"].numpy() if "features" in tensors else None
         mu = tensors["mu"].numpy() if "mu" in tensors else None
         sigma = tensors["sigma"].numpy() if "sigma" in tensors else None
-        event("evaluation_reference_loaded", uri=meta_uri)
+        event(log, "evaluation_reference_loaded", uri=meta_uri)
         return ReferenceStats(digest, int(meta["numSamples"]), int(meta["dim"]), features, mu, sigma,
                               meta.get("insufficient"), "cache")
 

@@ -31,6 +31,7 @@ from ganops.api.spec import GanTrainingJob, spec_hash
 from ganops.checkpoints import MEMORIZATION_KEY, CheckpointError, job_root
 from ganops.cost import cost_of
 from ganops.generator import generate
+from ganops.logs import event
 from ganops.models import build_models, sample_latent
 from ganops.trainer import distributed as dist_utils
 from ganops.trainer.checkpoint import Checkpoint, CheckpointManager
@@ -53,7 +54,7 @@ from ganops.trainer.health import (
 )
 from ganops.trainer.losses import discriminator_step_loss, generator_step_loss
 from ganops.trainer.memorization import ensure_index
-from ganops.trainer.progress import Progress, event
+from ganops.trainer.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ class Trainer:
                 **(info or {}),
             },
         )
-        event("checkpoint_saved", step=self.step, uri=record["uri"])
+        event(log, "checkpoint_saved", step=self.step, uri=record["uri"])
         return record
 
     def memorization_index(self) -> str | None:
@@ -259,7 +260,7 @@ class Trainer:
             except Exception as exc:  # a safety extra, not a reason to lose a training run
                 log.warning("memorization index not built (%s: %s): serving's memorization filter will be off "
                             "for this job's models", type(exc).__name__, exc)
-                event("memorization_index_failed", error=f"{type(exc).__name__}: {exc}",
+                event(log, "memorization_index_failed", error=f"{type(exc).__name__}: {exc}",
                       note="checkpoints carry no memorizationIndex; serving's memorization filter will be off")
         return self._memorization_index
 
@@ -329,10 +330,10 @@ class Trainer:
         if ckpt is None:
             return False
         if ckpt.manifest.get("specHash") not in (None, spec_hash(self.spec)):
-            event("resume_spec_changed", checkpoint=ckpt.uri,
+            event(log, "resume_spec_changed", checkpoint=ckpt.uri,
                   note="spec fields that shape training changed since this checkpoint")
         self.restore(ckpt)
-        event("resumed", step=self.step, uri=ckpt.uri)
+        event(log, "resumed", step=self.step, uri=ckpt.uri)
         return True
 
     def fit(self) -> TrainResult:
@@ -392,7 +393,7 @@ class Trainer:
         finally:
             progress.close()
         if status == "stopped":
-            event("stopped", step=self.step, signal=self.stop.signal_name, note="checkpoint saved; exit 0")
+            event(log, "stopped", step=self.step, signal=self.stop.signal_name, note="checkpoint saved; exit 0")
         else:
             self._fire("end")
         return TrainResult(status=status, step=self.step, last_checkpoint=last_record, images_per_second=rate)
@@ -408,7 +409,7 @@ class Trainer:
                     info=self.extra_state.get("checkpoint_info"),
                 )
             except CheckpointError as exc:
-                event("checkpoint_failed", step=self.step, error=str(exc))
+                event(log, "checkpoint_failed", step=self.step, error=str(exc))
         dist_utils.barrier(self.ctx.dist)
         return record
 
@@ -430,7 +431,7 @@ class Trainer:
         try:
             report = self.evaluator.evaluate(self.ema.ema_model, self.step)
         except Exception as exc:  # evaluation must never kill training
-            event("evaluation_failed", step=self.step, error=f"{type(exc).__name__}: {exc}")
+            event(log, "evaluation_failed", step=self.step, error=f"{type(exc).__name__}: {exc}")
             return None
         metric = promotion_metric(report, num_modes=self.evaluator.num_modes)
         self.last_evaluation = report
@@ -440,7 +441,7 @@ class Trainer:
         info["metrics"] = report.numeric()
         info["evaluation"] = {"step": self.step, "extractor": report.extractor, "numReal": report.num_real,
                               "numFake": report.num_fake, "promotionMetric": metric}
-        event("evaluated", step=self.step, metric=metric, metrics=report.metrics,
+        event(log, "evaluated", step=self.step, metric=metric, metrics=report.metrics,
               seconds=report.details["seconds"]["total"])
         self._fire("evaluated")
         return report
@@ -471,7 +472,7 @@ class Trainer:
         self.health_events.append(ev)
         self.health.add(ev)
         self._record_health()
-        event("health", **ev)
+        event(log, "health", **ev)
         self._fire("health")
 
     def _record_health(self) -> None:

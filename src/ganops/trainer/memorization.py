@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 
 import numpy as np
@@ -32,10 +33,10 @@ import torch
 
 from ganops import storage
 from ganops.checkpoints import reference_uri
+from ganops.logs import event
 from ganops.memorization import MemorizationIndex, feature_name, pixel_features, point_features
 from ganops.trainer.data import Dataset, TensorDataset
 from ganops.trainer.evaluator import dataset_fingerprint
-from ganops.trainer.progress import event
 
 __all__ = ["INDEX_FORMAT", "MAX_EXAMPLES", "ensure_index", "example_indices", "index_key",
            "index_uri", "training_examples", "training_features"]
@@ -44,6 +45,8 @@ INDEX_FORMAT = 1  # bump when what the index holds or how it is chosen changes
 MAX_EXAMPLES = 20_000  # cap on indexed examples (a seeded subset beyond it)
 SUBSET_SEED = 0x1DE5
 SUFFIX = ".memorization.safetensors"
+
+log = logging.getLogger(__name__)
 
 
 def _feature(dataset: Dataset) -> str:
@@ -109,7 +112,7 @@ def ensure_index(dataset: Dataset, reference_root: str, *, max_examples: int = M
     uri = index_uri(reference_root, index_key(dataset, max_examples))
     store = storage.open_store(uri)
     if store.exists(uri):
-        event("memorization_index_reused", uri=uri)
+        event(log, "memorization_index_reused", uri=uri)
         return uri
     started = time.perf_counter()
     computed = training_features(dataset, max_examples)
@@ -118,6 +121,6 @@ def ensure_index(dataset: Dataset, reference_root: str, *, max_examples: int = M
     index = MemorizationIndex.from_features(features, name)
     index.metadata.update(dataset=dataset.uri, datasetSize=dataset.num_samples, indexFormat=INDEX_FORMAT)
     store.put_bytes(uri, index.to_bytes())
-    event("memorization_index_built", uri=uri, examples=len(features), threshold=round(index.threshold, 6),
+    event(log, "memorization_index_built", uri=uri, examples=len(features), threshold=round(index.threshold, 6),
           seconds=round(time.perf_counter() - started, 3))
     return uri

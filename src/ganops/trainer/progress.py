@@ -1,14 +1,15 @@
-"""What the trainer tells a person: a one-line progress bar on a terminal, JSON log lines everywhere else."""
+"""What the trainer tells a person: a one-line progress bar on a terminal, `progress` events everywhere else."""
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
 from typing import IO, Any
 
-log = logging.getLogger("ganops.trainer")
+from ganops import logs
+
+log = logging.getLogger(__name__)
 
 
 class Progress:
@@ -38,7 +39,7 @@ class Progress:
             )
             self.stream.flush()
         else:
-            event("progress", step=step, total=self.total, images_per_second=round(rate, 2),
+            logs.event(log, "progress", step=step, total=self.total, images_per_second=round(rate, 2),
                   **{k: round(v, 6) for k, v in values.items()})
         return rate
 
@@ -49,5 +50,5 @@ class Progress:
 
 
 def event(name: str, **fields: Any) -> None:
-    """One structured log line: `{"event": name, ...}`. Never pass credentials here."""
-    log.info(json.dumps({"event": name, **fields}, default=str))
+    """Deprecated: `ganops.logs.event` with the caller's own logger."""
+    logs.event(log, name, **fields)
