@@ -1,7 +1,7 @@
 """The safety pipeline of the serving API: every generated sample passes it before a user sees it.
 
 Order: request policy (before generation) → degenerate → nsfw → memorization (after generation, on the batch)
-→ invisible watermark on the allowed images → optional C2PA signing of PNG output. See docs/safety.md.
+→ invisible watermark on the allowed images. See docs/safety.md.
 
     pipeline = build_pipeline({"mode": "replace", "memorization_index_path": ".../memorization.safetensors"})
     decisions = pipeline.run(make_samples(outputs), RequestContext(request_id, model, version))

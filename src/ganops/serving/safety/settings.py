@@ -1,5 +1,5 @@
 """Settings of the safety pipeline: a plain dataclass, buildable from a mapping (the app's pydantic settings,
-a ConfigMap, a test dict). Secrets (the watermark key, the C2PA key) are paths or bytes read from a Secret mount
+a ConfigMap, a test dict). Secrets (the watermark key) are paths or bytes read from a Secret mount
 or an environment variable; nothing here has a default secret."""
 
 from __future__ import annotations
@@ -41,11 +41,6 @@ class SafetySettings:
     watermark_key_file: str | None = None
     watermark_payload_bits: int = 32
     watermark_dwt: bool = True
-
-    c2pa_cert_path: str | None = None
-    c2pa_key_path: str | None = None
-    c2pa_alg: str = "es256"
-    c2pa_tsa_url: str | None = None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> SafetySettings:
