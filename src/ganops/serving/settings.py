@@ -35,6 +35,7 @@ __all__ = [
     "CanarySettings",
     "LimitSettings",
     "ServingSettings",
+    "config_file_values",
     "default_audit_uri",
 ]
 
@@ -211,3 +212,10 @@ class ServingSettings(BaseSettings):
 
     def resolved_mlflow_uri(self) -> str | None:
         return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def config_file_values(config_file: str | Path | None = None) -> dict[str, Any]:
+    """What the config file (``config_file``, else ``GANOPS_SERVING_CONFIG_FILE``) sets, as :class:`ServingSettings`
+    reads it (``{}`` without one; ``FileNotFoundError`` when it does not exist)."""
+    path = config_file or os.environ.get(CONFIG_FILE_ENV)
+    return dict(_ConfigFileSource(ServingSettings, str(path) if path else None)())
