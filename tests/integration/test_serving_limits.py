@@ -4,6 +4,7 @@ in-flight requests finish."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -192,6 +193,28 @@ def test_requests_over_the_timeout_get_504(serving_checkpoints: ServingCheckpoin
         assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
 
 
+class _LogEvent(logging.Handler):
+    """Set once ``logger`` logs a message starting with ``prefix`` (the logger is opened to INFO meanwhile)."""
+
+    def __init__(self, logger: str, prefix: str) -> None:
+        super().__init__()
+        self.logger, self.prefix, self.event = logging.getLogger(logger), prefix, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.event.set()
+
+    def __enter__(self) -> threading.Event:
+        self.logger_level = self.logger.level
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.INFO)
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.logger_level)
+
+
 def test_shutdown_lets_in_flight_requests_finish(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
     app = _app(serving_checkpoints.digits[2], tmp_path)
     gate = _gated(app)
@@ -203,11 +226,12 @@ def test_shutdown_lets_in_flight_requests_finish(serving_checkpoints: ServingChe
     inflight.start()
     stopping = threading.Thread(target=server.stop)
     try:
-        assert gate.entered.wait(30)  # the request is in its forward pass
-        # What SIGTERM does: stop accepting, drain, then the lifespan shuts the batcher down.
-        stopping.start()
-        wait_until(lambda: _refused(server.url))  # no new connections while the request is still held
-        assert not answers
+        with _LogEvent("uvicorn.error", "Waiting for connections to close") as draining:
+            assert gate.entered.wait(30)  # the request is in its forward pass
+            # What SIGTERM does: stop accepting, drain, then the lifespan shuts the batcher down.
+            stopping.start()
+            assert draining.wait(30)  # the server has stopped accepting and waits for the request in flight
+            assert _refused(server.url) and not answers
     finally:
         gate.release.set()
     inflight.join(30)
