@@ -185,8 +185,8 @@ def serve(
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", help="Serve a checkpoint directly (no MLflow): a step folder or a job's root.")] = None,
     tracking_uri: Annotated[str | None, typer.Option(
-        "--tracking-uri", help="MLflow for --model. Default: GANOPS_SERVING_MLFLOW_URI, MLFLOW_TRACKING_URI, else "
-        "the local sqlite store of `ganops run` under --home.")] = None,
+        "--tracking-uri", help="MLflow for --model. Default: GANOPS_SERVING_MLFLOW_URI, the --config file's "
+        "mlflow_uri, MLFLOW_TRACKING_URI, else the local sqlite store of `ganops run` under --home.")] = None,
     home: Annotated[Path, typer.Option(help="Local state of `ganops run` (its MLflow store).")] = Path(".ganops"),
     host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(min=0, max=65535, help="Port (default 8080).")] = None,
@@ -195,6 +195,14 @@ def serve(
     config: Annotated[Path | None, typer.Option(
         "--config", help="YAML/JSON serving settings (as GANOPS_SERVING_CONFIG_FILE); GANOPS_SERVING_* variables "
         "override it, these options override both.")] = None,
+    preflight: Annotated[bool, typer.Option(
+        "--preflight/--no-preflight", help="Resolve the model before starting and exit 3 if it cannot be served. "
+        "--no-preflight (the default of `python -m ganops.serving`, the image's entry point): start anyway, "
+        "not ready until the model loads; an unreachable MLflow must not crash-loop a pod.")] = True,
+    mlflow_uri: Annotated[str | None, typer.Option(
+        "--mlflow-uri", hidden=True, help="Deprecated alias of --tracking-uri.")] = None,
+    checkpoint_uri: Annotated[str | None, typer.Option(
+        "--checkpoint-uri", hidden=True, help="Deprecated alias of --checkpoint.")] = None,
 ) -> None:
     """Serve a promoted model (or a checkpoint) over HTTP until SIGTERM or Ctrl-C: POST /v1/generate, /readyz,
     /metrics, OpenAPI at /docs. Exit 0 once stopped (in-flight requests drained), 2 for bad options or settings,
@@ -202,22 +210,33 @@ def serve(
     from pydantic import ValidationError
 
     from ganops.home import LOCAL_MLFLOW_DB, local_tracking_uri
-    from ganops.serving.server import CannotServe, preflight
+    from ganops.serving.server import CannotServe
+    from ganops.serving.server import preflight as resolve_once
     from ganops.serving.server import run as run_server
-    from ganops.serving.settings import ServingSettings
+    from ganops.serving.settings import ServingSettings, config_file_values
 
+    tracking_uri = _deprecated_alias("--mlflow-uri", mlflow_uri, "--tracking-uri", tracking_uri)
+    checkpoint = _deprecated_alias("--checkpoint-uri", checkpoint_uri, "--checkpoint", checkpoint)
     if model and checkpoint:
         _fail(["give --model or --checkpoint, not both"], EXIT_INVALID)
     overrides: dict[str, object] = {}
     if config is not None:
         overrides["config_file"] = config
+    if tracking_uri:
+        overrides["mlflow_uri"] = tracking_uri
     if model:
-        uri = (tracking_uri or os.environ.get("GANOPS_SERVING_MLFLOW_URI") or os.environ.get("MLFLOW_TRACKING_URI")
-               or (local_tracking_uri(home) if (home / LOCAL_MLFLOW_DB).is_file() else None))
-        if uri is None:
-            _fail([f"--model needs MLflow: pass --tracking-uri, or --home with a `ganops run` store "
-                   f"({home / LOCAL_MLFLOW_DB} does not exist)"], EXIT_INVALID)
-        overrides.update(model=model, mlflow_uri=uri, checkpoint_uri=None)
+        overrides.update(model=model, checkpoint_uri=None)
+        try:
+            named = tracking_uri or os.environ.get("GANOPS_SERVING_MLFLOW_URI") or os.environ.get(
+                "MLFLOW_TRACKING_URI") or config_file_values(config).get("mlflow_uri")
+        except (ValueError, FileNotFoundError) as exc:
+            _fail([str(exc)], EXIT_INVALID)
+        if not named:
+
+            if not (home / LOCAL_MLFLOW_DB).is_file():
+                _fail([f"--model needs MLflow: pass --tracking-uri, or --home with a `ganops run` store "
+                       f"({home / LOCAL_MLFLOW_DB} does not exist)"], EXIT_INVALID)
+            overrides["mlflow_uri"] = local_tracking_uri(home)
     if checkpoint:
         overrides.update(checkpoint_uri=checkpoint, model=None)
     for key, value in (("host", host), ("port", port), ("api_keys_file", api_keys_file)):
@@ -234,12 +253,17 @@ def serve(
     if not settings.model and not settings.checkpoint_uri:
         _fail(["nothing to serve: pass --model name@alias or --checkpoint URI (or set GANOPS_SERVING_MODEL / "
                "GANOPS_SERVING_CHECKPOINT_URI, or a --config file)"], EXIT_INVALID)
-    try:
-        ref = preflight(settings)
-    except CannotServe as exc:
-        _fail([str(exc)], EXIT_CANNOT_START)
-    what = f"{ref.name}@{ref.alias}" if settings.model else ref.checkpoint_uri
-    typer.echo(f"serving {what} (version {ref.version}) on http://{settings.host}:{settings.port}", err=True)
+    where = f"http://{settings.host}:{settings.port}"
+    if preflight:
+        try:
+            ref = resolve_once(settings)
+        except CannotServe as exc:
+            _fail([str(exc)], EXIT_CANNOT_START)
+        what = f"{ref.name}@{ref.alias}" if settings.model else ref.checkpoint_uri
+        typer.echo(f"serving {what} (version {ref.version}) on {where}", err=True)
+    else:
+        named = f"{settings.registered_name}@{settings.alias}" if settings.model else settings.checkpoint_uri
+        typer.echo(f"serving {named} on {where} (not checked: not ready until it loads)", err=True)
 
     def stopped(signum: int, frame: object) -> None:
         raise typer.Exit(0)
@@ -249,6 +273,16 @@ def serve(
     signal.signal(signal.SIGINT, stopped)
     run_server(settings)
     typer.echo("stopped", err=True)
+
+
+def _deprecated_alias(old: str, old_value: str | None, new: str, new_value: str | None) -> str | None:
+    """The value of option ``new``, or of its deprecated alias ``old`` (with a warning); both differing: exit 2."""
+    if old_value is None:
+        return new_value
+    typer.echo(f"warning: {old} is deprecated, use {new}", err=True)
+    if new_value is not None and new_value != old_value:
+        _fail([f"give {new} or its deprecated alias {old}, not both"], EXIT_INVALID)
+    return old_value
 
 
 def main() -> None:

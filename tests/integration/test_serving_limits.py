@@ -4,11 +4,12 @@ in-flight requests finish."""
 
 from __future__ import annotations
 
+import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from tests.support.serving import (  # noqa: E402
     metric_value,
     metrics_text,
     wait_ready,
+    wait_until,
 )
 
 pytest_plugins = ["tests.support.serving"]
@@ -41,15 +43,34 @@ def _app(checkpoint: str, tmp: Path, **settings: Any) -> Any:
     return create_app(ServingSettings(checkpoint_uri=checkpoint, **settings))
 
 
-def _slow(app: Any, seconds: float) -> None:
-    """Make every forward pass take at least ``seconds`` (white box: the batcher's forward function)."""
+@dataclass
+class Gate:
+    """Holds every forward pass until released: ``entered`` is set once a pass (so a request) is in flight."""
+
+    entered: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+def _gated(app: Any) -> Gate:
+    """Hold the app's forward passes at a gate (white box: the batcher's forward function)."""
     generator = app.state.services.generator
+    gate = Gate()
 
     def forward(model: LoadedModel, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
-        time.sleep(seconds)
+        gate.entered.set()
+        assert gate.release.wait(60), "the test never released the forward pass"
         return model.forward(z, y)
 
     generator.forward = forward
+    return gate
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(url + "/healthz", timeout=2)
+    except httpx.ConnectError:
+        return True
+    return False
 
 
 @pytest.fixture
@@ -131,14 +152,29 @@ def test_cors_is_off_by_default_and_on_when_configured(
 def test_a_full_queue_answers_503_with_retry_after(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
     app = _app(serving_checkpoints.digits[2], tmp_path, batching={"max_queue": 2, "max_batch_size": 1},
                limits={"rate_limit_per_second": 0})
-    _slow(app, 0.3)
-    with ServerThread(app) as server:
+    gate = _gated(app)
+    with ServerThread(app) as server, ThreadPoolExecutor(10) as pool:
         wait_ready(server.url)
-        with ThreadPoolExecutor(10) as pool:
-            answers = list(pool.map(lambda s: httpx.post(server.url + "/v1/generate", json={"n": 1, "seed": s},
-                                                         timeout=30), range(10)))
+
+        def generate(seed: int) -> httpx.Response:
+            return httpx.post(server.url + "/v1/generate", json={"n": 1, "seed": seed}, timeout=30)
+
+        def metric(name: str, labels: dict[str, str] | None = None) -> float:
+            return metric_value(metrics_text(server.url), name, labels)
+
+        try:
+            running = pool.submit(generate, 0)
+            assert gate.entered.wait(30)  # its pass is held: every later request waits in the queue
+            queued = [pool.submit(generate, seed) for seed in (1, 2)]
+            wait_until(lambda: metric("ganops_serving_queue_depth") == 2)
+            extra = [pool.submit(generate, seed) for seed in range(3, 10)]  # the queue is full
+            wait_until(lambda: metric("ganops_serving_rejected_total", {"reason": "queue_full"}) >= 7)
+        finally:
+            gate.release.set()
+        answers = [f.result() for f in (running, *queued, *extra)]
         codes = Counter(a.status_code for a in answers)
         assert codes[200] >= 3 and codes[503] >= 1 and set(codes) == {200, 503}, codes
+        assert [a.status_code for a in answers] == [200] * 3 + [503] * 7
         busy = next(a for a in answers if a.status_code == 503)
         assert busy.headers["retry-after"] == "1" and "queue full" in busy.json()["error"]["message"]
         assert metric_value(metrics_text(server.url), "ganops_serving_rejected_total", {"reason": "queue_full"}) >= 1
@@ -146,25 +182,60 @@ def test_a_full_queue_answers_503_with_retry_after(serving_checkpoints: ServingC
 
 def test_requests_over_the_timeout_get_504(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
     app = _app(serving_checkpoints.digits[2], tmp_path, limits={"request_timeout_s": 0.3})
-    _slow(app, 1.0)
+    gate = _gated(app)  # the pass is held until the answer is in: only the timeout can answer
     with ServerThread(app) as server:
         wait_ready(server.url)
-        answer = httpx.post(server.url + "/v1/generate", json={"n": 1}, timeout=30)
+        try:
+            answer = httpx.post(server.url + "/v1/generate", json={"n": 1}, timeout=30)
+        finally:
+            gate.release.set()
+        assert gate.entered.is_set()
         assert answer.status_code == 504 and answer.json()["error"]["code"] == "timeout"
+
+
+class _LogEvent(logging.Handler):
+    """Set once ``logger`` logs a message starting with ``prefix`` (the logger is opened to INFO meanwhile)."""
+
+    def __init__(self, logger: str, prefix: str) -> None:
+        super().__init__()
+        self.logger, self.prefix, self.event = logging.getLogger(logger), prefix, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith(self.prefix):
+            self.event.set()
+
+    def __enter__(self) -> threading.Event:
+        self.logger_level = self.logger.level
+        self.logger.addHandler(self)
+        self.logger.setLevel(logging.INFO)
+        return self.event
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.logger_level)
 
 
 def test_shutdown_lets_in_flight_requests_finish(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
     app = _app(serving_checkpoints.digits[2], tmp_path)
-    _slow(app, 1.0)
+    gate = _gated(app)
     server = ServerThread(app).start()
     wait_ready(server.url)
     answers: list[httpx.Response] = []
     inflight = threading.Thread(
         target=lambda: answers.append(httpx.post(server.url + "/v1/generate", json={"n": 2, "seed": 1}, timeout=30)))
     inflight.start()
-    time.sleep(0.3)
-    server.stop()  # what SIGTERM does: stop accepting, drain, then the lifespan shuts the batcher down
+    stopping = threading.Thread(target=server.stop)
+    try:
+        with _LogEvent("uvicorn.error", "Waiting for connections to close") as draining:
+            assert gate.entered.wait(30)  # the request is in its forward pass
+            # What SIGTERM does: stop accepting, drain, then the lifespan shuts the batcher down.
+            stopping.start()
+            assert draining.wait(30)  # the server has stopped accepting and waits for the request in flight
+            assert _refused(server.url) and not answers
+    finally:
+        gate.release.set()
     inflight.join(30)
+    stopping.join(30)
     assert answers and answers[0].status_code == 200 and len(answers[0].json()["samples"]) == 2
     with pytest.raises(httpx.ConnectError):
         httpx.get(server.url + "/healthz", timeout=2)

@@ -102,10 +102,10 @@ def test_hot_swap_under_concurrent_load_then_rollback(
     with ServerThread(create_app(_settings(mlflow_uri, model, tmp_path))) as server:
         wait_ready(server.url)
         stop = threading.Event()
-        results: dict[int, list[tuple[int, str]]] = {}
+        results: dict[int, list[tuple[int, str]]] = {worker: [] for worker in range(6)}
 
         def hammer(worker: int) -> None:
-            seen: list[tuple[int, str]] = []
+            seen = results[worker]  # appended as answers come: the test waits on these counts
             rng = random.Random(worker)
             with httpx.Client(base_url=server.url, timeout=30) as client:
                 while not stop.is_set():
@@ -115,18 +115,21 @@ def test_hot_swap_under_concurrent_load_then_rollback(
                         seen.append((response.status_code, version))
                     except httpx.HTTPError as exc:
                         seen.append((-1, type(exc).__name__))
-            results[worker] = seen
+
+        def answered_since(before: dict[int, int], at_least: int) -> bool:
+            return all(len(seen) >= before.get(worker, 0) + at_least for worker, seen in results.items())
 
         threads = [threading.Thread(target=hammer, args=(w,)) for w in range(6)]
         for thread in threads:
             thread.start()
-        time.sleep(1.0)
+        wait_until(lambda: answered_since({}, 5), timeout=60)  # every client has been answered before the swap
         tracking.set_alias(mlflow_uri, model, "production", v2)  # promote while requests are in flight
         swapped = time.monotonic()
         with httpx.Client(base_url=server.url, timeout=30) as probe:
             wait_until(lambda: _served_version(probe) == v2, timeout=15)
         took = time.monotonic() - swapped
-        time.sleep(0.8)
+        seen_v2 = {worker: len(seen) for worker, seen in results.items()}
+        wait_until(lambda: answered_since(seen_v2, 5), timeout=60)  # ... and again once v2 serves
         stop.set()
         for thread in threads:
             thread.join(30)

@@ -36,9 +36,12 @@ def digits() -> np.ndarray:
 def test_default_order_is_degenerate_nsfw_memorization(tmp_path: Path) -> None:
     index_path = tmp_path / "memorization.safetensors"
     MemorizationIndex.build(digits()[:300]).save(index_path)
-    pipeline = build_pipeline({"memorization_index_path": str(index_path)}, nsfw_detector=NoDetections())
+    pipeline = build_pipeline(memorization_index_path=str(index_path), nsfw_detector=NoDetections())
     assert pipeline.filter_names == ["degenerate", "nsfw", "memorization"]
     assert pipeline.mode == "withhold" and pipeline.audit_sink is None
+    off = build_pipeline({"memorization_enabled": False}, memorization_index_path=str(index_path),
+                         nsfw_detector=NoDetections())
+    assert off.filter_names == ["degenerate", "nsfw"]
 
 
 def test_without_an_index_there_is_no_memorization_filter() -> None:
@@ -88,6 +91,23 @@ def test_attribute_objects_work_as_settings() -> None:
     assert build_pipeline(AppSettings()).mode == "replace"
 
 
+def test_the_serving_settings_section_is_the_pipeline_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One schema: what GANOPS_SERVING_SAFETY__* sets is what the pipeline builder reads, with no copy between."""
+    from ganops.serving.settings import ServingSettings
+
+    monkeypatch.setenv("GANOPS_SERVING_SAFETY__MODE", "replace")
+    monkeypatch.setenv("GANOPS_SERVING_SAFETY__NSFW_BLOCKED_LABELS", '["FACE_MALE"]')
+    monkeypatch.setenv("GANOPS_SERVING_SAFETY__NSFW_MIN_SCORE", "0.7")
+    safety = ServingSettings().safety
+    assert isinstance(safety, SafetySettings) and SafetySettings.coerce(safety) is safety
+    pipeline = build_pipeline(safety, nsfw_detector=NoDetections())
+    nsfw = pipeline.filters[1]
+    assert pipeline.mode == "replace"
+    assert nsfw.policy.blocked_labels == frozenset({"FACE_MALE"}) and nsfw.policy.min_score == 0.7  # type: ignore[attr-defined]
+    assert isinstance(pipeline.audit_sink, ObjectStoreAuditSink)  # serving's default audit_uri reaches the sink
+    assert safety.for_model(nsfw=False).nsfw_enabled is False and safety.nsfw_enabled is True
+
+
 def test_watermarker_from_settings(tmp_path: Path) -> None:
     assert build_watermarker({}) is None
     with pytest.raises(ValueError, match="no watermark key"):
@@ -100,3 +120,7 @@ def test_watermarker_from_settings(tmp_path: Path) -> None:
     assert from_hex is not None and from_file is not None
     pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     assert from_file.verify(from_hex.embed(pixels)).present
+    from_bytes = build_watermarker({"watermark_key": key}, model_id="m:1")  # raw bytes, as embedding passes them
+    assert from_bytes is not None and from_bytes.verify(from_hex.embed(pixels)).present
+    with pytest.raises(ValueError, match="no watermark key"):
+        build_watermarker({"require_watermark_key": True})

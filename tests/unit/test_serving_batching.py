@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,17 @@ class FakeModel:
 
 
 class Recorder:
-    """A forward pass that returns z itself and records each batch's size (optionally blocking on a gate)."""
+    """A forward pass that returns z itself and records each batch's size (optionally blocking on a gate);
+    ``entered`` is set once a pass has started."""
 
     def __init__(self, gate: threading.Event | None = None, fail: bool = False) -> None:
         self.batches: list[tuple[str, int]] = []
         self.gate = gate
         self.fail = fail
+        self.entered = threading.Event()
 
     def __call__(self, model: Any, z: torch.Tensor, y: torch.Tensor | None) -> np.ndarray:
+        self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(10)
         self.batches.append((model.model_id, int(z.shape[0])))
@@ -45,6 +49,21 @@ def _z(n: int, value: float) -> torch.Tensor:
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (polled; the batcher's threads move it), failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.001)
+
+
+async def settle() -> None:
+    """Let every callback the event loop has ready run (no clock involved): whatever the batcher's loop would
+    do with what is queued now, it has done."""
+    for _ in range(20):
+        await asyncio.sleep(0)
 
 
 def test_concurrent_requests_share_one_forward_pass_and_get_their_own_rows() -> None:
@@ -74,10 +93,10 @@ def test_batches_respect_the_size_limit_and_a_large_request_runs_alone() -> None
         batcher = MicroBatcher(ServingMetrics(process=False), max_batch_size=6, max_wait_ms=1, forward=forward)
         await batcher.start()
         first = asyncio.ensure_future(batcher.submit(model, _z(1, 0), None))  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)  # the first pass is running (blocked on the gate): the rest queue up
+        await until(forward.entered.is_set)  # the first pass is running (blocked on the gate): the rest queue up
         rest = [asyncio.ensure_future(batcher.submit(model, _z(n, 1), None))  # type: ignore[arg-type]
                 for n in (3, 3, 3, 10, 2)]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.depth == 5)
         gate.set()
         await asyncio.gather(first, *rest)
         await batcher.close()
@@ -113,16 +132,14 @@ def test_a_full_queue_refuses_and_abandoned_requests_are_skipped() -> None:
                                forward=forward)
         await batcher.start()
         running = asyncio.ensure_future(batcher.submit(model, _z(1, 0), None))  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)
+        await until(forward.entered.is_set)
         waiting = asyncio.ensure_future(batcher.submit(model, _z(2, 1), None))  # type: ignore[arg-type]
         abandoned = asyncio.ensure_future(batcher.submit(model, _z(5, 2), None))  # type: ignore[arg-type]
-        await asyncio.sleep(0.01)
-        assert batcher.depth == 2
+        await until(lambda: batcher.depth == 2)
         with pytest.raises(QueueFull):
             await batcher.submit(model, _z(1, 3), None)  # type: ignore[arg-type]
         abandoned.cancel()  # the caller timed out
-        await asyncio.sleep(0.01)
-        assert batcher.depth == 1
+        await until(lambda: batcher.depth == 1)
         gate.set()
         await asyncio.gather(running, waiting)
         await batcher.close()
@@ -148,7 +165,7 @@ def test_errors_reach_every_request_of_the_batch_and_close_drains() -> None:
         draining = MicroBatcher(ServingMetrics(process=False), max_wait_ms=100, forward=slow)
         await draining.start()
         pending = asyncio.ensure_future(draining.submit(model, _z(2, 0), None))  # type: ignore[arg-type]
-        await asyncio.sleep(0)
+        await until(lambda: draining.depth == 1 or pending.done())  # queued (not refused), then close
         await draining.close(timeout=5)  # what was queued still runs
         assert (await pending).shape == (2, 2)
 
@@ -188,21 +205,18 @@ def test_two_workers_run_two_batches_side_by_side_and_close_waits_for_both() -> 
         batcher = MicroBatcher(ServingMetrics(process=False), max_wait_ms=0, forward=forward, workers=2)
         await batcher.start()
         first = asyncio.ensure_future(batcher.submit(model, _z(1, 0), None))  # type: ignore[arg-type]
-        for _ in range(500):
-            await asyncio.sleep(0.01)
-            if entered:
-                break
+        await until(lambda: len(entered) == 1)
         second = asyncio.ensure_future(batcher.submit(model, _z(2, 1), None))  # type: ignore[arg-type]
-        for _ in range(500):  # both batches reach the (blocked) forward pass: neither waits for the other
-            await asyncio.sleep(0.01)
-            if len(entered) == 2:
-                break
+        await until(lambda: len(entered) == 2)  # both batches reach the (blocked) forward pass: neither waits
         third = asyncio.ensure_future(batcher.submit(model, _z(3, 2), None))  # type: ignore[arg-type]
-        await asyncio.sleep(0.05)
+        await until(lambda: batcher.depth == 1)
+        await settle()  # a free worker would have taken it from the queue by now
         assert sorted(entered) == [1, 2] and batcher.depth == 1  # no third worker: it waits in the queue
         closing = asyncio.ensure_future(batcher.close(timeout=10))
-        await asyncio.sleep(0.05)
-        assert not closing.done()
+        await settle()
+        with pytest.raises(ShuttingDown):  # close has begun ...
+            await batcher.submit(model, _z(1, 3), None)  # type: ignore[arg-type]
+        assert not closing.done()  # ... and waits for the two passes in flight
         gate.set()
         results = await asyncio.gather(first, second, third)
         await closing

@@ -44,7 +44,7 @@ def test_environment_with_nested_sections(monkeypatch: pytest.MonkeyPatch) -> No
     assert settings.canary.alias == "canary2" and settings.canary.percent == 12.5
     assert settings.safety.nsfw_enabled is False and settings.limits.max_n == 16
     assert settings.cors_origins == ["https://a.example"]
-    safety = settings.safety.safety_settings()
+    safety = settings.safety.for_model()
     assert safety.nsfw_enabled is False and safety.resolved_watermark_key() == bytes(16)
     assert "0000" not in repr(settings)  # secrets stay hidden
     assert settings.limits.policy().max_n == 16

@@ -86,7 +86,7 @@ def import_factory(path: str) -> Callable[[], Any]:
 
 
 def _watermark_key(settings: ServingSettings) -> bytes:
-    key = settings.safety.safety_settings().resolved_watermark_key()
+    key = settings.safety.resolved_watermark_key()
     if key is not None:
         return key
     if settings.safety.require_watermark_key:

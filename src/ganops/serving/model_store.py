@@ -38,6 +38,7 @@ from torch import nn
 
 from ganops import checkpoints, storage
 from ganops.api.spec import ModelSpec
+from ganops.contracts import TAG_GENERATION_EMA, TAG_GENERATION_TRUNCATION, TAG_MEMORIZATION_INDEX
 from ganops.generator import latents, load_generator
 from ganops.serving.metrics import ServingMetrics
 from ganops.serving.safety import (
@@ -70,9 +71,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EMA_TAG = "ganops.generation.ema"
-TRUNCATION_TAG = "ganops.generation.truncation"
-MEMORIZATION_TAG = "ganops.memorization_index"
+EMA_TAG = TAG_GENERATION_EMA
+TRUNCATION_TAG = TAG_GENERATION_TRUNCATION
+MEMORIZATION_TAG = TAG_MEMORIZATION_INDEX
 MEMORIZATION_INDEX_NAMES = ("memorization_index.safetensors", "memorization.safetensors")
 MAX_SEED = 2**63 - 1
 
@@ -336,7 +337,7 @@ class ModelLoader:
                                ref.name, ref.version, step_uri)
 
         filters = build_filters(
-            cfg.safety_settings(nsfw=nsfw), memorization_index=index, nsfw_detector=self.nsfw_detector
+            cfg.for_model(nsfw=nsfw), memorization_index=index, nsfw_detector=self.nsfw_detector
         )
         if self.extra_filters is not None:
             filters.extend(self.extra_filters())

@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -28,15 +28,14 @@ from pydantic_settings import (
 )
 
 from ganops.serving.safety import RequestPolicy, SafetySettings
-from ganops.serving.safety.nsfw import DEFAULT_BLOCKED_LABELS
 
 __all__ = [
     "CONFIG_FILE_ENV",
     "BatchingSettings",
     "CanarySettings",
     "LimitSettings",
-    "SafetyConfig",
     "ServingSettings",
+    "config_file_values",
     "default_audit_uri",
 ]
 
@@ -102,66 +101,6 @@ class LimitSettings(_Section):
         )
 
 
-class SafetyConfig(_Section):
-    """The safety pipeline's settings (see docs/safety.md) plus the serving-side policies around it."""
-
-    mode: Literal["withhold", "replace"] = "withhold"
-    degenerate_enabled: bool = True
-    degenerate_std_eps: float = 0.01
-    degenerate_blank_fraction: float = 0.995
-    degenerate_duplicate_distance: float = 0.05
-    nsfw_enabled: bool = True
-    nsfw_min_score: float = Field(0.5, ge=0.0, le=1.0)
-    nsfw_blocked_labels: list[str] = Field(default_factory=lambda: sorted(DEFAULT_BLOCKED_LABELS))
-    nsfw_threads: int | None = Field(None, ge=1)
-    nsfw_min_image_size: int = Field(
-        96,
-        ge=0,
-        description="Models whose images are smaller than this (px per side) skip the NSFW detector, which finds "
-        "nothing below ~96 px (docs/safety.md); 0 = run it on every image.",
-    )
-    memorization_enabled: bool = Field(True, description="Use the index found beside the checkpoint (if any).")
-    memorization_threshold: float | None = None
-    extra_filters: list[str] = Field(
-        default_factory=list,
-        description="'module:callable' factories of additional SafetyFilter objects, run after the built-in ones.",
-    )
-    audit_uri: str | None = Field(default_factory=default_audit_uri, description="s3:// or file://; None = off.")
-    audit_include_pixels: bool = False
-    watermark_key: SecretStr | None = Field(None, description="'hex:…', 'base64:…' or text; >= 16 bytes.")
-    watermark_key_file: str | None = None
-    watermark_payload_bits: int = Field(32, ge=32, le=64)
-    watermark_dwt: bool = True
-    require_watermark_key: bool = Field(
-        False, description="Refuse to start without a configured key (else an ephemeral key is generated)."
-    )
-
-    def safety_settings(
-        self, *, nsfw: bool | None = None, memorization_index_path: str | None = None
-    ) -> SafetySettings:
-        """The pipeline's :class:`SafetySettings` (``nsfw`` overrides ``nsfw_enabled`` for one model)."""
-        key = self.watermark_key.get_secret_value() if self.watermark_key is not None else None
-        return SafetySettings(
-            mode=self.mode,
-            degenerate_enabled=self.degenerate_enabled,
-            degenerate_std_eps=self.degenerate_std_eps,
-            degenerate_blank_fraction=self.degenerate_blank_fraction,
-            degenerate_duplicate_distance=self.degenerate_duplicate_distance,
-            nsfw_enabled=self.nsfw_enabled if nsfw is None else nsfw,
-            nsfw_min_score=self.nsfw_min_score,
-            nsfw_blocked_labels=frozenset(self.nsfw_blocked_labels),
-            nsfw_threads=self.nsfw_threads,
-            memorization_index_path=memorization_index_path,
-            memorization_threshold=self.memorization_threshold,
-            audit_uri=self.audit_uri,
-            audit_include_pixels=self.audit_include_pixels,
-            watermark_key=key,
-            watermark_key_file=self.watermark_key_file,
-            watermark_payload_bits=self.watermark_payload_bits,
-            watermark_dwt=self.watermark_dwt,
-        )
-
-
 class _ConfigFileSource(YamlConfigSettingsSource):
     """The YAML/JSON file named by ``config_file=`` or ``GANOPS_SERVING_CONFIG_FILE`` (YAML parses JSON too)."""
 
@@ -208,7 +147,7 @@ class ServingSettings(BaseSettings):
     # --- behaviour
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
-    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
     jpeg_quality: int = Field(95, ge=1, le=100)
     png_compress_level: int = Field(
         1, ge=0, le=9, description="zlib level of PNG output: 1 is ~10x faster than 6 and ~10 % larger."
@@ -232,6 +171,15 @@ class ServingSettings(BaseSettings):
         init_kwargs: dict[str, Any] = getattr(init_settings, "init_kwargs", {})
         path = init_kwargs.get("config_file") or os.environ.get(CONFIG_FILE_ENV)
         return init_settings, env_settings, _ConfigFileSource(settings_cls, str(path) if path else None)
+
+    @field_validator("safety")
+    @classmethod
+    def _audit_by_default(cls, safety: SafetySettings) -> SafetySettings:
+        """The serving process keeps audit records unless told otherwise: ``safety.audit_uri`` defaults to
+        ``file://$PWD/.ganops/audit`` here (``null`` turns them off); the pipeline alone writes none by default."""
+        if "audit_uri" in safety.model_fields_set:
+            return safety
+        return safety.model_copy(update={"audit_uri": default_audit_uri()})
 
     @model_validator(mode="after")
     def _check(self) -> ServingSettings:
@@ -264,3 +212,10 @@ class ServingSettings(BaseSettings):
 
     def resolved_mlflow_uri(self) -> str | None:
         return self.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def config_file_values(config_file: str | Path | None = None) -> dict[str, Any]:
+    """What the config file (``config_file``, else ``GANOPS_SERVING_CONFIG_FILE``) sets, as :class:`ServingSettings`
+    reads it (``{}`` without one; ``FileNotFoundError`` when it does not exist)."""
+    path = config_file or os.environ.get(CONFIG_FILE_ENV)
+    return dict(_ConfigFileSource(ServingSettings, str(path) if path else None)())

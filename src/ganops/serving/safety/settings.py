@@ -1,80 +1,90 @@
-"""Settings of the safety pipeline: a plain dataclass, buildable from a mapping (the app's pydantic settings,
-a ConfigMap, a test dict). Secrets (the watermark key, the C2PA key) are paths or bytes read from a Secret mount
-or an environment variable; nothing here has a default secret."""
+"""Settings of the safety pipeline and of the serving-side policies around it: one pydantic model, the only schema.
+
+The serving process reads it as ``ServingSettings.safety`` (``GANOPS_SERVING_SAFETY__*``, or the config file's
+``safety:`` section); :func:`~ganops.serving.safety.build_pipeline` and its siblings take it directly, or a mapping
+or any object with these field names (validated by the same model: unknown mapping keys raise). Secrets (the
+watermark key) come from a file (a Secret mount) or an environment variable; nothing here has a default secret.
+"""
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr
 
 from .nsfw import DEFAULT_BLOCKED_LABELS
 
 __all__ = ["SafetySettings", "decode_key"]
 
 
-@dataclass(frozen=True)
-class SafetySettings:
-    mode: Literal["withhold", "replace"] = "withhold"
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
 
+
+class SafetySettings(BaseModel):
+    """The safety pipeline's settings (see docs/safety.md) plus the serving-side policies around it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["withhold", "replace"] = "withhold"
     degenerate_enabled: bool = True
     degenerate_std_eps: float = 0.01
     degenerate_blank_fraction: float = 0.995
     degenerate_duplicate_distance: float = 0.05
-
     nsfw_enabled: bool = True
-    nsfw_min_score: float = 0.5
-    nsfw_blocked_labels: frozenset[str] = DEFAULT_BLOCKED_LABELS
-    nsfw_threads: int | None = None
-
-    # Path of the index saved beside the model at promotion (memorization.safetensors); None = filter off.
-    memorization_index_path: str | None = None
-    memorization_threshold: float | None = None  # overrides the threshold recorded in the index
-
-    audit_uri: str | None = None  # s3://bucket/audit or file://… ; None = no audit records
+    nsfw_min_score: float = Field(0.5, ge=0.0, le=1.0)
+    nsfw_blocked_labels: list[str] = Field(default_factory=lambda: sorted(DEFAULT_BLOCKED_LABELS))
+    nsfw_threads: int | None = Field(None, ge=1)
+    nsfw_min_image_size: int = Field(
+        96,
+        ge=0,
+        description="Models whose images are smaller than this (px per side) skip the NSFW detector, which finds "
+        "nothing below ~96 px (docs/safety.md); 0 = run it on every image.",
+    )
+    memorization_enabled: bool = Field(True, description="Use the index found beside the checkpoint (if any).")
+    memorization_threshold: float | None = None
+    extra_filters: list[str] = Field(
+        default_factory=list,
+        description="'module:callable' factories of additional SafetyFilter objects, run after the built-in ones.",
+    )
+    # None here (the pipeline alone writes no records); ServingSettings makes it file://$PWD/.ganops/audit unless
+    # set, so the schema states no default.
+    audit_uri: str | None = Field(None, description="s3:// or file://; None = off.", json_schema_extra=_no_default)
     audit_include_pixels: bool = False
-
-    # Watermark key: raw bytes, or "base64:…"/"hex:…" text, or a file path via watermark_key_file.
-    watermark_key: bytes | str | None = None
+    # Text (environment, config file) is a SecretStr; raw bytes (when embedding) a SecretBytes.
+    watermark_key: SecretStr | SecretBytes | None = Field(
+        None, description="'hex:…', 'base64:…' or text; >= 16 bytes."
+    )
     watermark_key_file: str | None = None
-    watermark_payload_bits: int = 32
+    watermark_payload_bits: int = Field(32, ge=32, le=64)
     watermark_dwt: bool = True
-
-    c2pa_cert_path: str | None = None
-    c2pa_key_path: str | None = None
-    c2pa_alg: str = "es256"
-    c2pa_tsa_url: str | None = None
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> SafetySettings:
-        """From a mapping with these field names; unknown keys raise ``ValueError`` (typos must not pass)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown safety settings: {', '.join(unknown)}")
-        data = dict(values)
-        if "nsfw_blocked_labels" in data:
-            data["nsfw_blocked_labels"] = frozenset(data["nsfw_blocked_labels"])
-        return cls(**data)
+    require_watermark_key: bool = Field(
+        False, description="Refuse to start without a configured key (else an ephemeral key is generated)."
+    )
 
     @classmethod
     def coerce(cls, settings: SafetySettings | Mapping[str, Any] | Any) -> SafetySettings:
-        """A :class:`SafetySettings` from itself, a mapping, or any object (dataclass, pydantic model) with
-        attributes of these names (missing ones keep their defaults)."""
+        """A :class:`SafetySettings` from itself, a mapping with these field names (unknown keys raise a
+        ``ValueError``: typos must not pass), or any object with attributes of these names (others are ignored;
+        missing ones keep their defaults)."""
         if isinstance(settings, SafetySettings):
             return settings
         if isinstance(settings, Mapping):
-            return cls.from_mapping(settings)
-        names = [f.name for f in dataclasses.fields(cls)]
-        return cls.from_mapping({n: getattr(settings, n) for n in names if hasattr(settings, n)})
+            return cls.model_validate(dict(settings))
+        return cls.model_validate({n: getattr(settings, n) for n in cls.model_fields if hasattr(settings, n)})
+
+    def for_model(self, *, nsfw: bool | None = None) -> SafetySettings:
+        """These settings for one model version: ``nsfw`` overrides ``nsfw_enabled`` (the model store turns the
+        detector off for models it cannot see, see ``nsfw_min_image_size``)."""
+        return self if nsfw is None else self.model_copy(update={"nsfw_enabled": nsfw})
 
     def resolved_watermark_key(self) -> bytes | None:
         if self.watermark_key_file:
             with open(self.watermark_key_file, "rb") as f:
                 return decode_key(f.read().strip())
-        return None if self.watermark_key is None else decode_key(self.watermark_key)
+        return None if self.watermark_key is None else decode_key(self.watermark_key.get_secret_value())
 
 
 def decode_key(value: bytes | str) -> bytes:
