@@ -9,6 +9,7 @@ import pytest
 
 from ganops.api.loader import spec_from_object
 from ganops.api.spec import GanTrainingJobSpec
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
 from ganops.operator import status as S
 from ganops.operator.observe import HealthEvent, JobView, PodView, Record
 from tests.support.jobs import grid_job
@@ -373,11 +374,11 @@ def test_a_rejection_names_the_failed_gate_and_is_final() -> None:
 
 def test_manual_promotion_and_rollback_through_annotations() -> None:
     spec = spec_of(promotion={"auto": False, "gates": {"minModes": 20}})
-    manual = succeeded(spec, {"modes": 12.0}, annotations={S.PROMOTE_ANNOTATION: "true"})
-    assert manual.actions == [S.Promote("http://mlflow", "gan", "production", False, S.PROMOTE_ANNOTATION)]
-    forced = succeeded(spec, {"modes": 12.0}, annotations={S.PROMOTE_ANNOTATION: "Force"})
-    assert forced.actions == [S.Promote("http://mlflow", "gan", "production", True, S.PROMOTE_ANNOTATION)]
-    back = succeeded(spec, {}, annotations={S.ROLLBACK_ANNOTATION: "3"})
+    manual = succeeded(spec, {"modes": 12.0}, annotations={ANNOTATION_PROMOTE: "true"})
+    assert manual.actions == [S.Promote("http://mlflow", "gan", "production", False, ANNOTATION_PROMOTE)]
+    forced = succeeded(spec, {"modes": 12.0}, annotations={ANNOTATION_PROMOTE: "Force"})
+    assert forced.actions == [S.Promote("http://mlflow", "gan", "production", True, ANNOTATION_PROMOTE)]
+    back = succeeded(spec, {}, annotations={ANNOTATION_ROLLBACK_TO: "3"})
     assert back.actions == [S.Rollback("http://mlflow", "gan", "production", "3")]
     status, events = S.apply_promotion(back.status, S.PromotionResult("rolled_back", "gan", "production", "3"), NOW)
     assert status["promotedVersion"] == "3" and cond(status, "Promoted")["reason"] == "RolledBack"
@@ -385,12 +386,12 @@ def test_manual_promotion_and_rollback_through_annotations() -> None:
     _, events = S.apply_promotion(back.status, S.PromotionResult("rollback_failed", "gan", "production",
                                                                  message="gan has no version 9"), NOW)
     assert [e.reason for e in events] == ["RollbackFailed"]
-    bogus = succeeded(spec, {}, annotations={S.PROMOTE_ANNOTATION: "yes please"})
-    assert bogus.actions == [S.ClearAnnotation(S.PROMOTE_ANNOTATION)] and "PromotionRejected" in reasons(bogus)
+    bogus = succeeded(spec, {}, annotations={ANNOTATION_PROMOTE: "yes please"})
+    assert bogus.actions == [S.ClearAnnotation(ANNOTATION_PROMOTE)] and "PromotionRejected" in reasons(bogus)
     # A job that never checkpointed has nothing to promote.
-    empty = S.reconcile(job_in(running_status(spec), spec, annotations={S.PROMOTE_ANNOTATION: "true"}),
+    empty = S.reconcile(job_in(running_status(spec), spec, annotations={ANNOTATION_PROMOTE: "true"}),
                         S.Observed(job=kjob()), NOW, S.Policy(mlflow_uri="http://mlflow"))
-    assert empty.actions == [S.ClearAnnotation(S.PROMOTE_ANNOTATION)]
+    assert empty.actions == [S.ClearAnnotation(ANNOTATION_PROMOTE)]
     assert cond(empty.status, "Promoted")["reason"] == "NoCheckpoint"
 
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from ganops import storage
 from ganops.api.loader import JobFileError, spec_from_object
-from ganops.api.spec import API_GROUP, API_VERSION, PLURAL, GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, PLURAL
 from ganops.operator import children, metrics
 from ganops.operator import status as decide
 from ganops.operator.kube import Kube, KubeError
@@ -44,7 +45,6 @@ from ganops.operator.settings import OperatorConfig
 
 log = logging.getLogger("ganops.operator")
 
-GTJ_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 Key = tuple[str, str]
 ERROR_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 PERMANENT_ERROR_SECONDS = 300.0
@@ -111,7 +111,7 @@ class Snapshot:
 
 
 def seen_key(generation: Any, annotations: Mapping[str, str]) -> tuple[Any, ...]:
-    return (generation, annotations.get(decide.PROMOTE_ANNOTATION), annotations.get(decide.ROLLBACK_ANNOTATION))
+    return (generation, annotations.get(ANNOTATION_PROMOTE), annotations.get(ANNOTATION_ROLLBACK_TO))
 
 
 @dataclass
@@ -218,7 +218,7 @@ class Controller:
             memory.status = new
             return True
         try:
-            answer = self.kube.patch(GTJ_API_VERSION, PLURAL, snap.namespace, snap.name, {"status": patch},
+            answer = self.kube.patch(API_VERSION, PLURAL, snap.namespace, snap.name, {"status": patch},
                                      subresource="status")
         except KubeError as exc:
             if exc.not_found:
@@ -250,7 +250,7 @@ class Controller:
         if isinstance(action, decide.DeleteSelf):
             log.info("deleting %s/%s: %s", snap.namespace, snap.name, action.reason)
             try:
-                self.kube.delete(GTJ_API_VERSION, PLURAL, snap.namespace, snap.name, uid=snap.uid)
+                self.kube.delete(API_VERSION, PLURAL, snap.namespace, snap.name, uid=snap.uid)
             except KubeError as exc:
                 if not (exc.not_found or exc.conflict):
                     raise
@@ -302,7 +302,7 @@ class Controller:
 
     def _clear_annotation(self, snap: Snapshot, key: str) -> None:
         try:
-            self.kube.patch(GTJ_API_VERSION, PLURAL, snap.namespace, snap.name,
+            self.kube.patch(API_VERSION, PLURAL, snap.namespace, snap.name,
                             {"metadata": {"annotations": {key: None}}})
         except KubeError as exc:
             if not exc.not_found:
@@ -338,7 +338,7 @@ class Controller:
         new, events = decide.apply_promotion(status_now, result, now)
         if result.kind == "rollback_unavailable":
             return new, events, decide.PROMOTION_RETRY_SECONDS  # the annotation stays: retried
-        self._clear_annotation(snap, decide.ROLLBACK_ANNOTATION)
+        self._clear_annotation(snap, ANNOTATION_ROLLBACK_TO)
         return new, events, None
 
 

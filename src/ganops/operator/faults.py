@@ -15,16 +15,8 @@ from typing import Literal
 
 from ganops.operator.observe import JobView, PodView, Record
 
-# Reasons of the DisruptionTarget pod condition (Kubernetes ≥ 1.26) and of pod.status.reason for pods the
-# platform took away.
-DISRUPTION_CONDITION_REASONS = frozenset({
-    "PreemptionByScheduler",
-    "PreemptionByKubeScheduler",
-    "EvictionByEvictionAPI",
-    "DeletionByTaintManager",
-    "DeletionByPodGC",
-    "TerminationByKubelet",
-})
+# Any True DisruptionTarget pod condition (Kubernetes >= 1.26), whatever its reason, counts as a disruption (see
+# `pod_fate`); these are the values of pod.status.reason for pods the platform took away.
 DISRUPTION_POD_REASONS = frozenset({"Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
                                     "UnexpectedAdmissionError"})
 SIGNAL_EXIT_CODES = frozenset({137, 143})  # SIGKILL after the grace period, SIGTERM not handled

@@ -11,10 +11,11 @@ from typing import Any
 import kopf
 
 from ganops.api.spec import API_GROUP, API_VERSION, PLURAL
+from ganops.contracts import LABEL_JOB
 from ganops.operator import metrics
 from ganops.operator.controller import Runtime
 from ganops.operator.kube import Kube, load_api_client
-from ganops.operator.observe import LABEL_JOB, JobView, PodView, job_view, pod_view
+from ganops.operator.observe import JobView, PodView, job_view, pod_view
 from ganops.operator.settings import OperatorConfig, configure_kopf
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]

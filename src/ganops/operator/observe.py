@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ganops import storage
+from ganops.contracts import ANNOTATION_RESTARTS, COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT
 
-LABEL_JOB = "ganops.io/job"
-LABEL_ATTEMPT = "ganops.io/attempt"
-ANNOTATION_RESTARTS = "ganops.io/restarts"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 LATEST = "latest.json"
 
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ganops.api.spec import GanTrainingJobSpec
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
 from ganops.operator import budget, faults
 from ganops.operator.observe import HealthEvent, JobView, PodView, Record, format_time, parse_time
 
 PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded")
 FINISHED = ("Succeeded", "Failed", "BudgetExceeded")
-PROMOTE_ANNOTATION = "ganops.io/promote"
-ROLLBACK_ANNOTATION = "ganops.io/rollback-to"
 WAIT_SECONDS = 1.0  # re-check soon: waiting for the previous attempt's Job to go
 CREATED_CHECK_SECONDS = 5.0  # after creating children: look again even if no watch event arrives
 PROMOTION_RETRY_SECONDS = 10.0
@@ -599,17 +598,17 @@ def _promotion(st: _Status, plan: Plan, job: JobInput, spec: GanTrainingJobSpec,
     promotion = spec.promotion
     model = promotion.model_name or job.name
     tracking_uri = spec.tracking.mlflow_uri or policy.mlflow_uri
-    rollback_to = (job.annotations.get(ROLLBACK_ANNOTATION) or "").strip()
+    rollback_to = (job.annotations.get(ANNOTATION_ROLLBACK_TO) or "").strip()
     if rollback_to:
         if tracking_uri is None:
             st.event("Warning", "RollbackFailed", "no MLflow tracking URI (spec.tracking.mlflowUri) to roll back in")
-            plan.actions.append(ClearAnnotation(ROLLBACK_ANNOTATION))
+            plan.actions.append(ClearAnnotation(ANNOTATION_ROLLBACK_TO))
         else:
             plan.actions.append(Rollback(tracking_uri, model, promotion.alias, rollback_to))
-    manual = (job.annotations.get(PROMOTE_ANNOTATION) or "").strip().lower()
+    manual = (job.annotations.get(ANNOTATION_PROMOTE) or "").strip().lower()
     if manual not in ("", "true", "force"):
-        st.event("Warning", "PromotionRejected", f"{PROMOTE_ANNOTATION} must be 'true' or 'force' (got {manual!r})")
-        plan.actions.append(ClearAnnotation(PROMOTE_ANNOTATION))
+        st.event("Warning", "PromotionRejected", f"{ANNOTATION_PROMOTE} must be 'true' or 'force' (got {manual!r})")
+        plan.actions.append(ClearAnnotation(ANNOTATION_PROMOTE))
         return
     decided = st.is_("Promoted") or st.is_("Promoted", "False") or st.is_("PromotionRejected")
     auto_due = st.phase == "Succeeded" and promotion.auto and not decided
@@ -620,7 +619,7 @@ def _promotion(st: _Status, plan: Plan, job: JobInput, spec: GanTrainingJobSpec,
         if tried is not None and (st.now - tried).total_seconds() < PROMOTION_RETRY_SECONDS:
             plan.wake_in(PROMOTION_RETRY_SECONDS - (st.now - tried).total_seconds())
             return
-    clear = PROMOTE_ANNOTATION if manual else None
+    clear = ANNOTATION_PROMOTE if manual else None
     if not (st.get("lastCheckpoint") or {}).get("uri"):
         st.condition("Promoted", False, "NoCheckpoint", "there is no checkpoint to promote")
         st.event("Warning", "PromotionRejected", "there is no checkpoint to promote")
