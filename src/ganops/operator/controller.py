@@ -42,11 +42,15 @@ from ganops.operator.observe import (
     read_record,
 )
 from ganops.operator.settings import OperatorConfig
+from ganops.retry import RetryPolicy
 
 log = logging.getLogger("ganops.operator")
 
 Key = tuple[str, str]
-ERROR_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# After a reconcile that raised, the job's loop waits `ERROR_BACKOFF.delay(failures - 1)`: 1 s, 2 s, 4 s, … capped
+# at 60 s, retrying for as long as it fails (only the schedule is used: `attempts` does not apply to the loop). No
+# jitter: the loops of different jobs already wake at different times, and the delays stay predictable.
+ERROR_BACKOFF = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=60.0, jitter=False)
 PERMANENT_ERROR_SECONDS = 300.0
 IDLE_FACTOR = 10  # finished jobs wake up every IDLE_FACTOR × resync (events wake them at once)
 
@@ -446,7 +450,7 @@ class Runtime:
                 except Exception as exc:
                     memory.failures += 1
                     metrics.RECONCILE_ERRORS.inc()
-                    delay = ERROR_BACKOFF_SECONDS[min(memory.failures, len(ERROR_BACKOFF_SECONDS)) - 1]
+                    delay = ERROR_BACKOFF.delay(memory.failures - 1)
                     if isinstance(exc, KubeError) and exc.transient:
                         logger.warning(f"reconcile failed ({exc}); retrying in {delay:.0f}s")
                     else:
