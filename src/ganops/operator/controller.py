@@ -1,4 +1,4 @@
-"""The operator's I/O around the pure decisions of `status.reconcile()`.
+"""The operator's I/O around the pure decisions of `reconcile.reconcile()`.
 
 One loop per GanTrainingJob (a kopf daemon, `Runtime.run_job`) reconciles it whenever something relevant happens
 - its spec or promotion annotations change, one of its Jobs or pods changes (kopf event handlers "kick" the loop),
@@ -29,8 +29,9 @@ from ganops import storage
 from ganops.api.loader import JobFileError, spec_from_object
 from ganops.api.spec import GanTrainingJobSpec
 from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, PLURAL
-from ganops.operator import children, metrics
-from ganops.operator import status as decide
+from ganops.operator import children, conditions, metrics, progress, registry
+from ganops.operator import reconcile as decide
+from ganops.operator.conditions import FINISHED, Event
 from ganops.operator.kube import Kube, KubeError
 from ganops.operator.observe import (
     JobView,
@@ -41,6 +42,20 @@ from ganops.operator.observe import (
     latest_uri,
     read_record,
 )
+from ganops.operator.plan import (
+    Action,
+    ClearAnnotation,
+    DeleteJob,
+    DeleteSelf,
+    EnsureChildren,
+    JobInput,
+    Observed,
+    Policy,
+    Promote,
+    Rollback,
+    SyncJobFile,
+)
+from ganops.operator.registry import PromotionOutcome
 from ganops.operator.settings import OperatorConfig
 from ganops.retry import RetryPolicy
 
@@ -120,7 +135,7 @@ def seen_key(generation: Any, annotations: Mapping[str, str]) -> tuple[Any, ...]
 
 @dataclass
 class Outcome:
-    events: list[decide.Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     phase: str | None = None
     gone: bool = False
@@ -133,7 +148,7 @@ class Controller:
         self.config = config
         self.kube = kube
         self.now = now
-        self.policy = decide.Policy(
+        self.policy = Policy(
             warning_fraction=config.budget_warning_fraction,
             resync_seconds=config.resync_seconds,
             mlflow_uri=config.mlflow_uri,
@@ -177,29 +192,29 @@ class Controller:
         if job_view is not None:
             memory.job_seen_attempt = max(memory.job_seen_attempt or 0, job_view.attempt)
         ckpt = children.checkpoint_uri(spec, self.config) if spec is not None else None
-        job_input = decide.JobInput(
+        job_input = JobInput(
             name=snap.name, namespace=snap.namespace, uid=snap.uid, generation=snap.generation, spec=spec,
             status=current, problems=problems, annotations=snap.annotations,
         )
-        observed = decide.Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
+        observed = Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
         since = None if memory.record_read_at is None else time.monotonic() - memory.record_read_at
-        if ckpt is not None and decide.wants_record(job_input, observed, seconds_since_read=since,
+        if ckpt is not None and progress.wants_record(job_input, observed, seconds_since_read=since,
                                                     policy=self.policy):
             record, error = self._read_record(latest_uri(ckpt, snap.namespace, snap.name))
             if error is None:
                 memory.record_read_at = time.monotonic()
             else:
                 log.warning("cannot read latest.json of %s/%s: %s", snap.namespace, snap.name, error)
-            observed = decide.Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
+            observed = Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
                                        record_expected=True)
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
         new_status = plan.status
         for action in plan.actions:
-            if isinstance(action, decide.EnsureChildren) and _just_launched(memory, action.attempt):
+            if isinstance(action, EnsureChildren) and _just_launched(memory, action.attempt):
                 continue  # created moments ago; kopf's index has not caught up yet: do not POST again
             new_status, extra_events, wake = self._execute(action, snap, spec, new_status, now)
-            if isinstance(action, decide.EnsureChildren) and wake is None:
+            if isinstance(action, EnsureChildren) and wake is None:
                 memory.launched = (action.attempt, time.monotonic())
             outcome.events += extra_events
             if wake == PERMANENT_ERROR_SECONDS:  # the API refused a child: retrying sooner would only repeat it
@@ -207,7 +222,7 @@ class Controller:
                 break
             if wake is not None:
                 outcome.requeue_after = wake if outcome.requeue_after is None else min(outcome.requeue_after, wake)
-            if isinstance(action, decide.DeleteSelf):
+            if isinstance(action, DeleteSelf):
                 outcome.gone = True
         outcome.phase = new_status.get("phase")
         if not outcome.gone:
@@ -233,13 +248,13 @@ class Controller:
 
     # -------------------------------------------------------------------------------------------- actions
     def _execute(
-        self, action: decide.Action, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
+        self, action: Action, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
-        if isinstance(action, decide.EnsureChildren):
+    ) -> tuple[dict[str, Any], list[Event], float | None]:
+        if isinstance(action, EnsureChildren):
             assert spec is not None
             return self._ensure_children(action, snap, spec, status_now, now)
-        if isinstance(action, decide.SyncJobFile):
+        if isinstance(action, SyncJobFile):
             assert spec is not None
             try:
                 self.kube.patch("v1", "configmaps", snap.namespace, children.configmap_name(snap.name),
@@ -248,10 +263,10 @@ class Controller:
                 if not exc.not_found:
                     raise
             return status_now, [], None
-        if isinstance(action, decide.DeleteJob):
+        if isinstance(action, DeleteJob):
             self._delete_job(snap, action)
             return status_now, [], None
-        if isinstance(action, decide.DeleteSelf):
+        if isinstance(action, DeleteSelf):
             log.info("deleting %s/%s: %s", snap.namespace, snap.name, action.reason)
             try:
                 self.kube.delete(API_VERSION, PLURAL, snap.namespace, snap.name, uid=snap.uid)
@@ -259,19 +274,19 @@ class Controller:
                 if not (exc.not_found or exc.conflict):
                     raise
             return status_now, [], None
-        if isinstance(action, decide.ClearAnnotation):
+        if isinstance(action, ClearAnnotation):
             self._clear_annotation(snap, action.key)
             return status_now, [], None
-        if isinstance(action, decide.Promote):
+        if isinstance(action, Promote):
             return self._promote(action, snap, spec, status_now, now)
-        if isinstance(action, decide.Rollback):
+        if isinstance(action, Rollback):
             return self._rollback(action, snap, status_now, now)
         raise TypeError(f"unknown action {action!r}")  # pragma: no cover
 
     def _ensure_children(
-        self, action: decide.EnsureChildren, snap: Snapshot, spec: GanTrainingJobSpec, status_now: dict[str, Any],
+        self, action: EnsureChildren, snap: Snapshot, spec: GanTrainingJobSpec, status_now: dict[str, Any],
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
+    ) -> tuple[dict[str, Any], list[Event], float | None]:
         objs = children.render(_owner(snap), spec, self.config, attempt=action.attempt, restarts=action.restarts,
                                resume_from=action.resume_from)
         for obj in objs:
@@ -289,11 +304,11 @@ class Controller:
                     raise
                 what = f"cannot create {obj['kind']} {obj['metadata']['name']}"
                 log.error("%s/%s: %s: %s", snap.namespace, snap.name, what, exc.message)
-                new, events = decide.apply_action_error(status_now, what, exc.message or str(exc), now)
+                new, events = conditions.apply_action_error(status_now, what, exc.message or str(exc), now)
                 return new, events, PERMANENT_ERROR_SECONDS
-        return decide.clear_action_error(status_now, now), [], None
+        return conditions.clear_action_error(status_now, now), [], None
 
-    def _delete_job(self, snap: Snapshot, action: decide.DeleteJob) -> None:
+    def _delete_job(self, snap: Snapshot, action: DeleteJob) -> None:
         log.info("deleting Job %s/%s: %s", snap.namespace, children.job_name(snap.name), action.reason)
         try:
             # Foreground: the Job stays (blocking a new one of the same name) until its pods have terminated,
@@ -313,35 +328,35 @@ class Controller:
                 raise
 
     def _promote(
-        self, action: decide.Promote, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
+        self, action: Promote, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
+    ) -> tuple[dict[str, Any], list[Event], float | None]:
         from ganops.operator.promotion import promote_job
 
         assert spec is not None
         ckpt = children.checkpoint_uri(spec, self.config)
         if ckpt is None:
-            result = decide.PromotionResult("error", action.model_name, action.alias,
+            result = PromotionOutcome("error", action.model_name, action.alias,
                                             message="the job has no checkpoint store")
         else:
             result = promote_job(spec, namespace=snap.namespace, name=snap.name, tracking_uri=action.tracking_uri,
                                  checkpoint_root=job_root(ckpt, snap.namespace, snap.name), force=action.force)
-        new, events = decide.apply_promotion(status_now, result, now)
+        new, events = registry.apply_promotion(status_now, result, now)
         if action.clear_annotation and result.kind != "unavailable":
             self._clear_annotation(snap, action.clear_annotation)
-        wake = decide.PROMOTION_RETRY_SECONDS if result.kind == "unavailable" else None
+        wake = registry.PROMOTION_RETRY_SECONDS if result.kind == "unavailable" else None
         return new, events, wake
 
     def _rollback(
-        self, action: decide.Rollback, snap: Snapshot, status_now: dict[str, Any], now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
+        self, action: Rollback, snap: Snapshot, status_now: dict[str, Any], now: dt.datetime,
+    ) -> tuple[dict[str, Any], list[Event], float | None]:
         from ganops.operator.promotion import rollback
 
         result = rollback(action.tracking_uri, model_name=action.model_name, alias=action.alias,
                           version=action.version)
-        new, events = decide.apply_promotion(status_now, result, now)
+        new, events = registry.apply_promotion(status_now, result, now)
         if result.kind == "rollback_unavailable":
-            return new, events, decide.PROMOTION_RETRY_SECONDS  # the annotation stays: retried
+            return new, events, registry.PROMOTION_RETRY_SECONDS  # the annotation stays: retried
         self._clear_annotation(snap, ANNOTATION_ROLLBACK_TO)
         return new, events, None
 
@@ -467,7 +482,7 @@ class Runtime:
                 if outcome.gone:
                     break
                 self.publish(key, memory)
-                idle = self.config.resync_seconds * (IDLE_FACTOR if outcome.phase in decide.FINISHED else 1)
+                idle = self.config.resync_seconds * (IDLE_FACTOR if outcome.phase in FINISHED else 1)
                 delay = idle if outcome.requeue_after is None else min(outcome.requeue_after, idle)
         finally:
             if self.kicks.get(key) is kick:

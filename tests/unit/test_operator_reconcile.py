@@ -1,4 +1,4 @@
-"""`ganops.operator.status.reconcile`: the whole decision as a pure function, driven step by step."""
+"""`ganops.operator.reconcile.reconcile`: the whole decision as a pure function, driven step by step."""
 
 from __future__ import annotations
 
@@ -10,8 +10,22 @@ import pytest
 from ganops.api.loader import spec_from_object
 from ganops.api.spec import GanTrainingJobSpec
 from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
-from ganops.operator import status as S
+from ganops.operator import reconcile as R
+from ganops.operator.conditions import apply_action_error, clear_action_error, get_condition
 from ganops.operator.observe import HealthEvent, JobView, PodView, Record
+from ganops.operator.plan import (
+    ClearAnnotation,
+    DeleteJob,
+    EnsureChildren,
+    JobInput,
+    Observed,
+    Plan,
+    Policy,
+    Promote,
+    Rollback,
+)
+from ganops.operator.progress import health_condition_type, wants_record
+from ganops.operator.registry import PROMOTION_RETRY_SECONDS, PromotionOutcome, apply_promotion
 from tests.support.jobs import grid_job
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -23,8 +37,8 @@ def spec_of(**spec: Any) -> GanTrainingJobSpec:
 
 
 def job_in(status: dict[str, Any] | None = None, spec: GanTrainingJobSpec | None = None, *, generation: int = 1,
-           annotations: dict[str, str] | None = None, problems: tuple[str, ...] = ()) -> S.JobInput:
-    return S.JobInput(name="gan", namespace="team-a", uid=UID, generation=generation,
+           annotations: dict[str, str] | None = None, problems: tuple[str, ...] = ()) -> JobInput:
+    return JobInput(name="gan", namespace="team-a", uid=UID, generation=generation,
                       spec=spec if spec is not None or problems else spec_of(), status=status or {},
                       problems=problems, annotations=annotations or {})
 
@@ -43,22 +57,22 @@ def record(step: int, **kw: Any) -> Record:
 
 
 def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return S.get_condition(status, type_) or {}
+    return get_condition(status, type_) or {}
 
 
-def kinds(plan: S.Plan) -> list[str]:
+def kinds(plan: Plan) -> list[str]:
     return [type(action).__name__ for action in plan.actions]
 
 
-def reasons(plan: S.Plan) -> list[str]:
+def reasons(plan: Plan) -> list[str]:
     return [event.reason for event in plan.events]
 
 
 def running_status(spec: GanTrainingJobSpec | None = None) -> dict[str, Any]:
     """Status after creation and a first running pod."""
     spec = spec or spec_of()
-    first = S.reconcile(job_in(spec=spec), S.Observed(), NOW)
-    second = S.reconcile(job_in(first.status, spec), S.Observed(job=kjob(), pods=(pod(),)), NOW)
+    first = R.reconcile(job_in(spec=spec), Observed(), NOW)
+    second = R.reconcile(job_in(first.status, spec), Observed(job=kjob(), pods=(pod(),)), NOW)
     assert second.status["phase"] == "Running"
     return second.status
 
@@ -67,8 +81,8 @@ def running_status(spec: GanTrainingJobSpec | None = None) -> dict[str, Any]:
 
 
 def test_first_reconcile_creates_the_children_and_says_so_once() -> None:
-    plan = S.reconcile(job_in(), S.Observed(), NOW)
-    assert plan.actions == [S.EnsureChildren(1, {"preemptions": 0, "failures": 0}, None)]
+    plan = R.reconcile(job_in(), Observed(), NOW)
+    assert plan.actions == [EnsureChildren(1, {"preemptions": 0, "failures": 0}, None)]
     st = plan.status
     assert st["phase"] == "Pending" and st["attempt"] == 1 and st["observedGeneration"] == 1
     assert st["startTime"] == "2025-01-01T12:00:00Z"
@@ -77,27 +91,27 @@ def test_first_reconcile_creates_the_children_and_says_so_once() -> None:
     assert plan.requeue_after is not None
 
     # The index lags: the Job is not seen yet. Creating again is harmless (409), and says nothing new.
-    again = S.reconcile(job_in(st), S.Observed(), NOW + dt.timedelta(seconds=1))
+    again = R.reconcile(job_in(st), Observed(), NOW + dt.timedelta(seconds=1))
     assert kinds(again) == ["EnsureChildren"] and again.events == []
     assert again.status["startTime"] == st["startTime"]
 
 
 def test_pending_then_running_with_one_event_per_transition() -> None:
-    created = S.reconcile(job_in(), S.Observed(), NOW).status
-    pending = S.reconcile(job_in(created), S.Observed(job=kjob(), pods=(pod(phase="Pending"),)), NOW)
+    created = R.reconcile(job_in(), Observed(), NOW).status
+    pending = R.reconcile(job_in(created), Observed(job=kjob(), pods=(pod(phase="Pending"),)), NOW)
     assert pending.status["phase"] == "Pending" and pending.actions == [] and pending.events == []
-    running = S.reconcile(job_in(pending.status), S.Observed(job=kjob(), pods=(pod(),)), NOW)
+    running = R.reconcile(job_in(pending.status), Observed(job=kjob(), pods=(pod(),)), NOW)
     assert running.status["phase"] == "Running" and reasons(running) == ["Running"]
     assert cond(running.status, "Running")["status"] == "True"
-    steady = S.reconcile(job_in(running.status), S.Observed(job=kjob(), pods=(pod(),)), NOW)
+    steady = R.reconcile(job_in(running.status), Observed(job=kjob(), pods=(pod(),)), NOW)
     assert steady.events == [] and steady.actions == [] and steady.status == running.status
-    assert steady.requeue_after == S.Policy().resync_seconds
+    assert steady.requeue_after == Policy().resync_seconds
 
 
 def test_queued_in_kueue_is_pending_with_the_queue_named() -> None:
     spec = spec_of(queueName="gpu")
-    created = S.reconcile(job_in(spec=spec), S.Observed(), NOW).status
-    queued = S.reconcile(job_in(created, spec), S.Observed(job=kjob(suspended=True)), NOW)
+    created = R.reconcile(job_in(spec=spec), Observed(), NOW).status
+    queued = R.reconcile(job_in(created, spec), Observed(job=kjob(suspended=True)), NOW)
     assert queued.status["phase"] == "Pending" and "gpu" in queued.status["message"]
     assert cond(queued.status, "Running")["reason"] == "Queued"
 
@@ -108,12 +122,12 @@ def test_queued_in_kueue_is_pending_with_the_queue_named() -> None:
 def test_preemption_relaunches_from_the_checkpoint_and_spends_no_backoff() -> None:
     spec = spec_of(runPolicy={"backoffLimit": 0})
     st = running_status(spec)
-    st = S.reconcile(job_in(st, spec), S.Observed(job=kjob(), pods=(pod(),), record=record(40)), NOW).status
+    st = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),), record=record(40)), NOW).status
     preempted = pod(phase="Failed", disruption="PreemptionByScheduler", exit_code=143)
-    plan = S.reconcile(job_in(st, spec), S.Observed(job=kjob(), pods=(preempted,)), NOW)
+    plan = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(preempted,)), NOW)
     assert plan.actions == [
-        S.DeleteJob("uid-1", "Preempted"),
-        S.EnsureChildren(2, {"preemptions": 1, "failures": 0}, "s3://b/ckpt/team-a/gan/step-000000040"),
+        DeleteJob("uid-1", "Preempted"),
+        EnsureChildren(2, {"preemptions": 1, "failures": 0}, "s3://b/ckpt/team-a/gan/step-000000040"),
     ]
     assert plan.status["attempt"] == 2 and plan.status["restarts"] == {"preemptions": 1, "failures": 0}
     assert plan.status["phase"] == "Pending" and cond(plan.status, "Running")["reason"] == "Relaunching"
@@ -122,13 +136,13 @@ def test_preemption_relaunches_from_the_checkpoint_and_spends_no_backoff() -> No
     assert "resuming from step 40" in plan.events[1].message
 
     # The old Job is still being deleted: wait for it; no second decision, no new events.
-    wait = S.reconcile(job_in(plan.status, spec), S.Observed(job=kjob(deleting=True), pods=(preempted,)), NOW)
+    wait = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(deleting=True), pods=(preempted,)), NOW)
     assert kinds(wait) == ["EnsureChildren"] and wait.events == []
     assert wait.status["restarts"] == {"preemptions": 1, "failures": 0}
-    assert wait.requeue_after == S.WAIT_SECONDS
+    assert wait.requeue_after == R.WAIT_SECONDS
     # Not yet deleting (the operator died before deleting it): delete it by uid, then create ours.
-    stale = S.reconcile(job_in(plan.status, spec), S.Observed(job=kjob(), pods=(preempted,)), NOW)
-    assert stale.actions[0] == S.DeleteJob("uid-1", "replaced by attempt 2") and kinds(stale)[1] == "EnsureChildren"
+    stale = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(), pods=(preempted,)), NOW)
+    assert stale.actions[0] == DeleteJob("uid-1", "replaced by attempt 2") and kinds(stale)[1] == "EnsureChildren"
 
 
 def test_a_newer_job_than_status_is_adopted_with_its_counters() -> None:
@@ -136,7 +150,7 @@ def test_a_newer_job_than_status_is_adopted_with_its_counters() -> None:
     st = running_status()
     st = {**st, "attempt": 2, "restarts": {"preemptions": 1, "failures": 0}}
     newer = kjob(3, restarts={"preemptions": 2, "failures": 0})
-    plan = S.reconcile(job_in(st), S.Observed(job=newer, pods=(pod(3),)), NOW)
+    plan = R.reconcile(job_in(st), Observed(job=newer, pods=(pod(3),)), NOW)
     assert plan.status["attempt"] == 3 and plan.status["restarts"] == {"preemptions": 2, "failures": 0}
     assert plan.actions == [] and plan.status["phase"] == "Running"
 
@@ -146,38 +160,38 @@ def test_application_failures_spend_the_backoff_limit_then_fail() -> None:
     st = running_status(spec)
     for attempt in (1, 2):
         crashed = pod(attempt, phase="Failed", exit_code=1, terminated_reason="Error")
-        plan = S.reconcile(job_in(st, spec), S.Observed(job=kjob(attempt), pods=(crashed,)), NOW)
+        plan = R.reconcile(job_in(st, spec), Observed(job=kjob(attempt), pods=(crashed,)), NOW)
         assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and reasons(plan) == ["Failed", "Relaunched"]
         assert plan.status["restarts"] == {"preemptions": 0, "failures": attempt}
-        st = S.reconcile(job_in(plan.status, spec), S.Observed(job=kjob(attempt + 1), pods=(pod(attempt + 1),)),
+        st = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(attempt + 1), pods=(pod(attempt + 1),)),
                          NOW).status
     crashed = pod(3, phase="Failed", exit_code=2, terminated_reason="Error")
-    plan = S.reconcile(job_in(st, spec), S.Observed(job=kjob(3), pods=(crashed,)), NOW)
+    plan = R.reconcile(job_in(st, spec), Observed(job=kjob(3), pods=(crashed,)), NOW)
     assert plan.status["phase"] == "Failed" and plan.status["restarts"] == {"preemptions": 0, "failures": 3}
     assert cond(plan.status, "Failed")["reason"] == "BackoffLimitExceeded"
     assert "exit code 2" in cond(plan.status, "Failed")["message"]
     assert reasons(plan) == ["BackoffLimitExceeded"] and plan.status["completionTime"]
     assert "EnsureChildren" not in kinds(plan)
     # Finished: nothing more happens on later reconciles.
-    later = S.reconcile(job_in(plan.status, spec), S.Observed(job=kjob(3, failed_reason="PodFailurePolicy")), NOW)
+    later = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(3, failed_reason="PodFailurePolicy")), NOW)
     assert later.events == [] and later.actions == []
 
 
 def test_success_needs_the_last_step_in_latest_json() -> None:
     st = running_status()
-    done = S.reconcile(job_in(st), S.Observed(job=kjob(complete=True), pods=(pod(phase="Succeeded", exit_code=0),),
+    done = R.reconcile(job_in(st), Observed(job=kjob(complete=True), pods=(pod(phase="Succeeded", exit_code=0),),
                                              record=record(20)), NOW)
     assert done.status["phase"] == "Succeeded" and reasons(done) == ["Succeeded", "PromotionSkipped"]
     assert done.status["step"] == 20 and done.status["completionTime"] == "2025-01-01T12:00:00Z"
 
-    early = S.reconcile(job_in(st), S.Observed(job=kjob(complete=True), record=record(10)), NOW)
+    early = R.reconcile(job_in(st), Observed(job=kjob(complete=True), record=record(10)), NOW)
     assert early.status["attempt"] == 2 and early.status["restarts"]["preemptions"] == 1
     assert "step 10 of 20" in early.events[0].message
 
-    blind = S.reconcile(job_in(st), S.Observed(job=kjob(complete=True), record_error="503 SlowDown"), NOW)
+    blind = R.reconcile(job_in(st), Observed(job=kjob(complete=True), record_error="503 SlowDown"), NOW)
     assert blind.status["phase"] == "Running" and "waiting for the object store" in blind.status["message"]
     assert blind.actions == []
-    nothing = S.reconcile(job_in(st), S.Observed(job=kjob(complete=True), record_expected=False), NOW)
+    nothing = R.reconcile(job_in(st), Observed(job=kjob(complete=True), record_expected=False), NOW)
     assert nothing.status["phase"] == "Succeeded"  # no checkpoint store at all: trust the Job
 
 
@@ -187,14 +201,14 @@ def test_success_needs_the_last_step_in_latest_json() -> None:
 def test_suspend_and_resume() -> None:
     st = running_status()
     suspended_spec = spec_of(runPolicy={"suspend": True})
-    plan = S.reconcile(job_in(st, suspended_spec, generation=2), S.Observed(job=kjob(), pods=(pod(),)), NOW)
-    assert plan.status["phase"] == "Suspended" and plan.actions == [S.DeleteJob("uid-1", "suspended")]
+    plan = R.reconcile(job_in(st, suspended_spec, generation=2), Observed(job=kjob(), pods=(pod(),)), NOW)
+    assert plan.status["phase"] == "Suspended" and plan.actions == [DeleteJob("uid-1", "suspended")]
     assert reasons(plan) == ["Suspended"] and cond(plan.status, "Suspended")["status"] == "True"
-    again = S.reconcile(job_in(plan.status, suspended_spec, generation=2), S.Observed(), NOW)
+    again = R.reconcile(job_in(plan.status, suspended_spec, generation=2), Observed(), NOW)
     assert again.events == [] and again.actions == [] and again.status["phase"] == "Suspended"
 
     later = NOW + dt.timedelta(hours=1)
-    resumed = S.reconcile(job_in(again.status, spec_of(), generation=3), S.Observed(), later)
+    resumed = R.reconcile(job_in(again.status, spec_of(), generation=3), Observed(), later)
     assert resumed.status["attempt"] == 2 and resumed.status["restarts"] == {"preemptions": 0, "failures": 0}
     assert resumed.status["startTime"] == "2025-01-01T13:00:00Z"  # the deadline clock restarts
     assert reasons(resumed) == ["Resumed"] and kinds(resumed) == ["EnsureChildren"]
@@ -204,20 +218,20 @@ def test_suspend_and_resume() -> None:
 def test_active_deadline() -> None:
     spec = spec_of(runPolicy={"activeDeadlineSeconds": 600})
     st = running_status(spec)
-    on_time = S.reconcile(job_in(st, spec), S.Observed(job=kjob(), pods=(pod(),)), NOW + dt.timedelta(seconds=590))
+    on_time = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),)), NOW + dt.timedelta(seconds=590))
     assert on_time.status["phase"] == "Running" and on_time.requeue_after == pytest.approx(10.0)
-    late = S.reconcile(job_in(st, spec), S.Observed(job=kjob(), pods=(pod(),)), NOW + dt.timedelta(seconds=601))
+    late = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),)), NOW + dt.timedelta(seconds=601))
     assert late.status["phase"] == "Failed" and cond(late.status, "Failed")["reason"] == "DeadlineExceeded"
-    assert late.actions == [S.DeleteJob("uid-1", "deadline exceeded")] and reasons(late) == ["DeadlineExceeded"]
+    assert late.actions == [DeleteJob("uid-1", "deadline exceeded")] and reasons(late) == ["DeadlineExceeded"]
 
 
 def test_ttl_after_finished() -> None:
     spec = spec_of(runPolicy={"ttlSecondsAfterFinished": 60}, promotion={"auto": False})
     st = running_status(spec)
-    done = S.reconcile(job_in(st, spec), S.Observed(job=kjob(complete=True), record=record(20)), NOW).status
-    soon = S.reconcile(job_in(done, spec), S.Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=50))
+    done = R.reconcile(job_in(st, spec), Observed(job=kjob(complete=True), record=record(20)), NOW).status
+    soon = R.reconcile(job_in(done, spec), Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=50))
     assert soon.actions == [] and soon.requeue_after == pytest.approx(10.0)
-    due = S.reconcile(job_in(done, spec), S.Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=60))
+    due = R.reconcile(job_in(done, spec), Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=60))
     assert kinds(due) == ["DeleteSelf"]
 
 
@@ -227,22 +241,22 @@ def test_ttl_after_finished() -> None:
 def test_budget_warns_once_then_stops_and_a_raised_budget_resumes() -> None:
     spec = spec_of(resources={"gpusPerReplica": 1}, budget={"maxCostUSD": 10.0, "pricePerGPUHour": 2.0})
     st = running_status(spec)
-    warn = S.reconcile(job_in(st, spec), S.Observed(job=kjob(), pods=(pod(),),
+    warn = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),),
                                                    record=record(5, cost_usd=8.1, cost_gpu_hours=4.05)), NOW)
     assert reasons(warn) == ["BudgetWarning"] and warn.status["phase"] == "Running"
     assert "81% of the budget spent ($8.10 of $10.00)" in warn.events[0].message
-    again = S.reconcile(job_in(warn.status, spec), S.Observed(job=kjob(), pods=(pod(),)), NOW)
+    again = R.reconcile(job_in(warn.status, spec), Observed(job=kjob(), pods=(pod(),)), NOW)
     assert again.events == [] and again.status["cost"]["usd"] == pytest.approx(8.1)  # cost never goes down
 
-    over = S.reconcile(job_in(warn.status, spec), S.Observed(job=kjob(), pods=(pod(),),
+    over = R.reconcile(job_in(warn.status, spec), Observed(job=kjob(), pods=(pod(),),
                                                             record=record(6, cost_usd=10.2)), NOW)
-    assert over.status["phase"] == "BudgetExceeded" and over.actions == [S.DeleteJob("uid-1", "budget exceeded")]
+    assert over.status["phase"] == "BudgetExceeded" and over.actions == [DeleteJob("uid-1", "budget exceeded")]
     assert reasons(over) == ["BudgetExceeded"] and over.status["completionTime"]
-    stays = S.reconcile(job_in(over.status, spec), S.Observed(), NOW)
+    stays = R.reconcile(job_in(over.status, spec), Observed(), NOW)
     assert stays.status["phase"] == "BudgetExceeded" and stays.events == [] and stays.actions == []
 
     raised = spec_of(resources={"gpusPerReplica": 1}, budget={"maxCostUSD": 100.0, "pricePerGPUHour": 2.0})
-    resumed = S.reconcile(job_in(over.status, raised, generation=2), S.Observed(), NOW)
+    resumed = R.reconcile(job_in(over.status, raised, generation=2), Observed(), NOW)
     assert resumed.status["phase"] == "Pending" and resumed.status["attempt"] == 2
     assert "completionTime" not in resumed.status
     assert reasons(resumed) == ["BudgetRaised"] and kinds(resumed) == ["EnsureChildren"]
@@ -253,15 +267,15 @@ def test_cost_accrues_from_pod_time_and_is_banked_across_attempts() -> None:
     st = running_status(spec)
     hour_ago = NOW - dt.timedelta(hours=1)
     pods = (pod(index=0, started=hour_ago), pod(index=1, started=hour_ago))
-    plan = S.reconcile(job_in(st, spec), S.Observed(job=kjob(), pods=pods), NOW)
+    plan = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=pods), NOW)
     assert plan.status["cost"] == {"gpuHours": pytest.approx(8.0), "usd": pytest.approx(12.0)}
     # Preempted after 1 h: the next attempt starts with 8 GPU-hours banked, even once the old pods are gone.
     gone = (pod(index=0, started=hour_ago, phase="Failed", disruption="TerminationByKubelet",
                 finished=NOW), pods[1])
-    relaunch = S.reconcile(job_in(plan.status, spec), S.Observed(job=kjob(), pods=gone), NOW)
+    relaunch = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(), pods=gone), NOW)
     later = NOW + dt.timedelta(minutes=30)
     new_pods = (pod(2, index=0, started=NOW), pod(2, index=1, started=NOW))
-    after = S.reconcile(job_in(relaunch.status, spec), S.Observed(job=kjob(2), pods=new_pods), later)
+    after = R.reconcile(job_in(relaunch.status, spec), Observed(job=kjob(2), pods=new_pods), later)
     assert after.status["accounting"]["bankedGpuSeconds"] == pytest.approx(8 * 3600)
     assert after.status["cost"]["gpuHours"] == pytest.approx(8.0 + 4.0)
 
@@ -272,16 +286,16 @@ def test_cost_accrues_from_pod_time_and_is_banked_across_attempts() -> None:
 def test_an_invalid_spec_fails_once_and_recovers_when_fixed() -> None:
     problems = ("spec.training.stepz is not a known field; did you mean 'steps'?",
                 "spec.training.batchSize must be >= 1")
-    plan = S.reconcile(job_in(problems=problems), S.Observed(), NOW)
+    plan = R.reconcile(job_in(problems=problems), Observed(), NOW)
     assert plan.status["phase"] == "Failed" and plan.actions == []
     assert cond(plan.status, "InvalidSpec")["message"] == "; ".join(problems)
     assert cond(plan.status, "Failed")["reason"] == "InvalidSpec"
     assert reasons(plan) == ["InvalidSpec"] and plan.events[0].type == "Warning"
     assert plan.requeue_after is None  # nothing to retry: a permanent error until the spec changes
-    again = S.reconcile(job_in(plan.status, problems=problems), S.Observed(), NOW)
+    again = R.reconcile(job_in(plan.status, problems=problems), Observed(), NOW)
     assert again.events == [] and again.status == plan.status
 
-    fixed = S.reconcile(job_in(plan.status, spec_of(), generation=2), S.Observed(), NOW)
+    fixed = R.reconcile(job_in(plan.status, spec_of(), generation=2), Observed(), NOW)
     assert fixed.status["phase"] == "Pending" and kinds(fixed) == ["EnsureChildren"]
     assert cond(fixed.status, "InvalidSpec")["status"] == "False" and "completionTime" not in fixed.status
     assert "SpecValid" in reasons(fixed)
@@ -295,7 +309,7 @@ def test_the_record_fills_checkpoints_metrics_and_health_conditions() -> None:
     first = record(10, metric=30.0, metrics={"modes": 20.0}, mlflow_run_id="abc", manifest_sha256="f" * 64,
                    time="2025-01-01T11:59:00Z",
                    health_events=(HealthEvent("mode_collapse", 8, "5 of 25 modes"),), rollbacks=0)
-    plan = S.reconcile(job_in(st), S.Observed(job=kjob(), pods=(pod(),), record=first), NOW)
+    plan = R.reconcile(job_in(st), Observed(job=kjob(), pods=(pod(),), record=first), NOW)
     status = plan.status
     assert status["step"] == 10 and status["metrics"] == {"modes": 20.0} and status["mlflowRunId"] == "abc"
     assert status["lastCheckpoint"] == {"uri": first.uri, "step": 10, "sha256": "f" * 64,
@@ -305,12 +319,12 @@ def test_the_record_fills_checkpoints_metrics_and_health_conditions() -> None:
     assert reasons(plan) == ["ModeCollapseSuspected"]
 
     worse = record(20, metric=35.0, health_events=(*first.health_events, HealthEvent("DivergenceRollback", 18)))
-    plan = S.reconcile(job_in(status), S.Observed(job=kjob(), pods=(pod(),), record=worse), NOW)
+    plan = R.reconcile(job_in(status), Observed(job=kjob(), pods=(pod(),), record=worse), NOW)
     assert plan.status["lastCheckpoint"]["step"] == 20 and plan.status["bestCheckpoint"]["step"] == 10
     assert reasons(plan) == ["DivergenceRollback"]  # the collapse condition did not change: no repeat
     assert cond(plan.status, "DivergenceRollback")["message"] == "1 divergence rollback(s), last at step 18"
     better = record(30, metric=25.0)
-    plan = S.reconcile(job_in(plan.status), S.Observed(job=kjob(), pods=(pod(),), record=better), NOW)
+    plan = R.reconcile(job_in(plan.status), Observed(job=kjob(), pods=(pod(),), record=better), NOW)
     assert plan.status["bestCheckpoint"]["step"] == 30
 
 
@@ -320,41 +334,41 @@ def test_the_record_fills_checkpoints_metrics_and_health_conditions() -> None:
     ("rollback", "DivergenceRollback"), ("DivergenceRollback", "DivergenceRollback"), ("nan_loss", None),
 ])
 def test_health_event_types(event_type: str, condition: str | None) -> None:
-    assert S.health_condition_type(event_type) == condition
+    assert health_condition_type(event_type) == condition
 
 
 def test_wants_record() -> None:
-    policy = S.Policy(resync_seconds=10)
+    policy = Policy(resync_seconds=10)
     st = running_status()
-    running = S.Observed(job=kjob(), pods=(pod(),))
-    assert S.wants_record(job_in(st), running, seconds_since_read=None, policy=policy)
-    assert not S.wants_record(job_in(st), running, seconds_since_read=2, policy=policy)
-    assert S.wants_record(job_in(st), running, seconds_since_read=11, policy=policy)
-    finished = S.Observed(job=kjob(complete=True))
-    assert S.wants_record(job_in(st), finished, seconds_since_read=2, policy=policy)
-    assert not S.wants_record(job_in(st), S.Observed(record_expected=False), seconds_since_read=None, policy=policy)
+    running = Observed(job=kjob(), pods=(pod(),))
+    assert wants_record(job_in(st), running, seconds_since_read=None, policy=policy)
+    assert not wants_record(job_in(st), running, seconds_since_read=2, policy=policy)
+    assert wants_record(job_in(st), running, seconds_since_read=11, policy=policy)
+    finished = Observed(job=kjob(complete=True))
+    assert wants_record(job_in(st), finished, seconds_since_read=2, policy=policy)
+    assert not wants_record(job_in(st), Observed(record_expected=False), seconds_since_read=None, policy=policy)
 
 
 # ------------------------------------------------------------------------------------------------ promotion
 
 
-def succeeded(spec: GanTrainingJobSpec, metrics: dict[str, float], **kw: Any) -> S.Plan:
+def succeeded(spec: GanTrainingJobSpec, metrics: dict[str, float], **kw: Any) -> Plan:
     st = running_status(spec)
-    return S.reconcile(job_in(st, spec, **kw), S.Observed(job=kjob(complete=True), record=record(20, metrics=metrics)),
-                       NOW, S.Policy(mlflow_uri="http://mlflow"))
+    return R.reconcile(job_in(st, spec, **kw), Observed(job=kjob(complete=True), record=record(20, metrics=metrics)),
+                       NOW, Policy(mlflow_uri="http://mlflow"))
 
 
 def test_auto_promotion_is_planned_once_the_job_succeeds() -> None:
     spec = spec_of(promotion={"modelName": "grid", "gates": {"minModes": 20}})
     plan = succeeded(spec, {"modes": 23.0})
-    assert plan.actions == [S.Promote(tracking_uri="http://mlflow", model_name="grid", alias="production")]
-    result = S.PromotionResult("promoted", "grid", "production", "4", "passed: modes 23 >= minModes 20")
-    status, events = S.apply_promotion(plan.status, result, NOW)
+    assert plan.actions == [Promote(tracking_uri="http://mlflow", model_name="grid", alias="production")]
+    result = PromotionOutcome("promoted", "grid", "production", "4", "passed: modes 23 >= minModes 20")
+    status, events = apply_promotion(plan.status, result, NOW)
     assert status["promotedVersion"] == "4"
     assert cond(status, "Promoted")["message"] == "grid@production → version 4 (passed: modes 23 >= minModes 20)"
     assert [e.reason for e in events] == ["Promoted"]
     # Decided: later reconciles do not promote again.
-    later = S.reconcile(job_in(status, spec), S.Observed(job=kjob(complete=True)), NOW, S.Policy(mlflow_uri="x"))
+    later = R.reconcile(job_in(status, spec), Observed(job=kjob(complete=True)), NOW, Policy(mlflow_uri="x"))
     assert later.actions == []
     assert succeeded(spec_of(promotion={"auto": False}), {"modes": 25.0}).actions == []
 
@@ -362,66 +376,66 @@ def test_auto_promotion_is_planned_once_the_job_succeeds() -> None:
 def test_a_rejection_names_the_failed_gate_and_is_final() -> None:
     spec = spec_of(promotion={"gates": {"minModes": 20}})
     plan = succeeded(spec, {"modes": 12.0})
-    result = S.PromotionResult("rejected", "gan", "production", "2", "modes 12 < minModes 20 (by 8)")
-    status, events = S.apply_promotion(plan.status, result, NOW)
+    result = PromotionOutcome("rejected", "gan", "production", "2", "modes 12 < minModes 20 (by 8)")
+    status, events = apply_promotion(plan.status, result, NOW)
     rejected = cond(status, "PromotionRejected")
     assert rejected["status"] == "True" and "modes 12 < minModes 20" in rejected["message"]
     assert "rejected version 2" in rejected["message"] and "promotedVersion" not in status
     assert [(e.type, e.reason) for e in events] == [("Warning", "PromotionRejected")]
-    later = S.reconcile(job_in(status, spec), S.Observed(job=kjob(complete=True)), NOW, S.Policy(mlflow_uri="x"))
+    later = R.reconcile(job_in(status, spec), Observed(job=kjob(complete=True)), NOW, Policy(mlflow_uri="x"))
     assert later.actions == []
 
 
 def test_manual_promotion_and_rollback_through_annotations() -> None:
     spec = spec_of(promotion={"auto": False, "gates": {"minModes": 20}})
     manual = succeeded(spec, {"modes": 12.0}, annotations={ANNOTATION_PROMOTE: "true"})
-    assert manual.actions == [S.Promote("http://mlflow", "gan", "production", False, ANNOTATION_PROMOTE)]
+    assert manual.actions == [Promote("http://mlflow", "gan", "production", False, ANNOTATION_PROMOTE)]
     forced = succeeded(spec, {"modes": 12.0}, annotations={ANNOTATION_PROMOTE: "Force"})
-    assert forced.actions == [S.Promote("http://mlflow", "gan", "production", True, ANNOTATION_PROMOTE)]
+    assert forced.actions == [Promote("http://mlflow", "gan", "production", True, ANNOTATION_PROMOTE)]
     back = succeeded(spec, {}, annotations={ANNOTATION_ROLLBACK_TO: "3"})
-    assert back.actions == [S.Rollback("http://mlflow", "gan", "production", "3")]
-    status, events = S.apply_promotion(back.status, S.PromotionResult("rolled_back", "gan", "production", "3"), NOW)
+    assert back.actions == [Rollback("http://mlflow", "gan", "production", "3")]
+    status, events = apply_promotion(back.status, PromotionOutcome("rolled_back", "gan", "production", "3"), NOW)
     assert status["promotedVersion"] == "3" and cond(status, "Promoted")["reason"] == "RolledBack"
     assert [e.reason for e in events] == ["RolledBack"]
-    _, events = S.apply_promotion(back.status, S.PromotionResult("rollback_failed", "gan", "production",
+    _, events = apply_promotion(back.status, PromotionOutcome("rollback_failed", "gan", "production",
                                                                  message="gan has no version 9"), NOW)
     assert [e.reason for e in events] == ["RollbackFailed"]
     bogus = succeeded(spec, {}, annotations={ANNOTATION_PROMOTE: "yes please"})
-    assert bogus.actions == [S.ClearAnnotation(ANNOTATION_PROMOTE)] and "PromotionRejected" in reasons(bogus)
+    assert bogus.actions == [ClearAnnotation(ANNOTATION_PROMOTE)] and "PromotionRejected" in reasons(bogus)
     # A job that never checkpointed has nothing to promote.
-    empty = S.reconcile(job_in(running_status(spec), spec, annotations={ANNOTATION_PROMOTE: "true"}),
-                        S.Observed(job=kjob()), NOW, S.Policy(mlflow_uri="http://mlflow"))
-    assert empty.actions == [S.ClearAnnotation(ANNOTATION_PROMOTE)]
+    empty = R.reconcile(job_in(running_status(spec), spec, annotations={ANNOTATION_PROMOTE: "true"}),
+                        Observed(job=kjob()), NOW, Policy(mlflow_uri="http://mlflow"))
+    assert empty.actions == [ClearAnnotation(ANNOTATION_PROMOTE)]
     assert cond(empty.status, "Promoted")["reason"] == "NoCheckpoint"
 
 
 def test_promotion_without_a_registry_or_while_it_is_down() -> None:
     spec = spec_of(promotion={"gates": {"minModes": 1}})
     st = running_status(spec)  # no tracking URI anywhere:
-    plan = S.reconcile(job_in(st, spec), S.Observed(job=kjob(complete=True), record=record(20, metrics={"modes": 5})),
+    plan = R.reconcile(job_in(st, spec), Observed(job=kjob(complete=True), record=record(20, metrics={"modes": 5})),
                        NOW)
     assert plan.actions == [] and cond(plan.status, "Promoted")["reason"] == "NoTrackingServer"
 
     plan = succeeded(spec, {"modes": 5.0})
-    status, events = S.apply_promotion(plan.status, S.PromotionResult("unavailable", "gan", "production",
+    status, events = apply_promotion(plan.status, PromotionOutcome("unavailable", "gan", "production",
                                                                       message="connection refused"), NOW)
     assert cond(status, "Promoted")["status"] == "Unknown" and [e.reason for e in events] == ["RegistryUnavailable"]
-    policy = S.Policy(mlflow_uri="http://mlflow")
-    soon = S.reconcile(job_in(status, spec), S.Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=3),
+    policy = Policy(mlflow_uri="http://mlflow")
+    soon = R.reconcile(job_in(status, spec), Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=3),
                        policy)
-    assert soon.actions == [] and soon.requeue_after == pytest.approx(S.PROMOTION_RETRY_SECONDS - 3)
-    retry = S.reconcile(job_in(status, spec), S.Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=11),
+    assert soon.actions == [] and soon.requeue_after == pytest.approx(PROMOTION_RETRY_SECONDS - 3)
+    retry = R.reconcile(job_in(status, spec), Observed(job=kjob(complete=True)), NOW + dt.timedelta(seconds=11),
                         policy)
     assert kinds(retry) == ["Promote"]
-    failed, events = S.apply_promotion(status, S.PromotionResult("error", "gan", "production", message="denied"), NOW)
+    failed, events = apply_promotion(status, PromotionOutcome("error", "gan", "production", message="denied"), NOW)
     assert cond(failed, "Promoted")["status"] == "False" and [e.reason for e in events] == ["PromotionFailed"]
 
 
 def test_action_errors_are_reported_once() -> None:
     st = running_status()
-    status, events = S.apply_action_error(st, "cannot create Job gan", "admission webhook denied", NOW)
+    status, events = apply_action_error(st, "cannot create Job gan", "admission webhook denied", NOW)
     assert cond(status, "ChildrenReady")["status"] == "False" and len(events) == 1
-    status, events = S.apply_action_error(status, "cannot create Job gan", "admission webhook denied", NOW)
+    status, events = apply_action_error(status, "cannot create Job gan", "admission webhook denied", NOW)
     assert events == []
-    assert cond(S.clear_action_error(status, NOW), "ChildrenReady")["status"] == "False"
-    assert cond(S.clear_action_error(status, NOW), "ChildrenReady")["reason"] == "Created"
+    assert cond(clear_action_error(status, NOW), "ChildrenReady")["status"] == "False"
+    assert cond(clear_action_error(status, NOW), "ChildrenReady")["reason"] == "Created"
