@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ganops import storage
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.operator import metrics as M
 from ganops.operator import reconcile as R
 from ganops.operator.conditions import PHASES
@@ -151,23 +151,24 @@ def test_the_operators_registry_carries_the_job_series() -> None:
 
 
 def test_promotion_outcomes_are_counted_in_status_and_quality_follows_the_promoted_version() -> None:
-    st: dict[str, Any] = {"phase": "Succeeded"}
+    st = GanTrainingJobStatus(phase="Succeeded")
     st, _ = apply_promotion(st, PromotionOutcome("rejected", "m", "production", "1", "fid 50 > maxFID 40",
                                                     metrics={"fid": 50.0}), NOW)
-    assert st["promotions"] == {"promoted": 0, "rejected": 1} and "promotedMetrics" not in st
+    assert st.to_wire()["promotions"] == {"promoted": 0, "rejected": 1} and "promotedMetrics" not in st.to_wire()
     st, _ = apply_promotion(st, PromotionOutcome("promoted", "m", "production", "2", "passed",
                                                     metrics={"fid": 30.0, "recall": 0.5}), NOW)
-    assert st["promotions"] == {"promoted": 1, "rejected": 1}
-    assert st["promotedVersion"] == "2" and st["promotedMetrics"] == {"fid": 30.0, "recall": 0.5}
+    assert st.to_wire()["promotions"] == {"promoted": 1, "rejected": 1}
+    assert st.to_wire()["promotedVersion"] == "2" and st.to_wire()["promotedMetrics"] == {"fid": 30.0, "recall": 0.5}
     st, _ = apply_promotion(st, PromotionOutcome("unavailable", "m", "production", message="down"), NOW)
-    assert st["promotions"] == {"promoted": 1, "rejected": 1}  # not a decision
+    assert st.to_wire()["promotions"] == {"promoted": 1, "rejected": 1}  # not a decision
     # A rollback is not a promotion decision; the quality shown is the version rolled back to, or none.
     st, _ = apply_promotion(st, PromotionOutcome("rolled_back", "m", "production", "1", metrics={"fid": 50.0}),
                               NOW)
-    assert st["promotions"] == {"promoted": 1, "rejected": 1} and st["promotedMetrics"] == {"fid": 50.0}
+    assert st.to_wire()["promotions"] == {"promoted": 1, "rejected": 1}
+    assert st.to_wire()["promotedMetrics"] == {"fid": 50.0}
     st, _ = apply_promotion(st, PromotionOutcome("rolled_back", "m", "production", "0"), NOW)
-    assert st["promotedVersion"] == "0" and "promotedMetrics" not in st
-    s = M.job_series("ml", "gan", spec_of(), st)
+    assert st.to_wire()["promotedVersion"] == "0" and "promotedMetrics" not in st.to_wire()
+    s = M.job_series("ml", "gan", spec_of(), st.to_wire())
     assert s.version == "0" and s.quality == {} and s.promotions == {"promoted": 1, "rejected": 1}
 
 
@@ -183,9 +184,9 @@ def test_reconcile_restarts_reach_the_series() -> None:
     running = {"phase": "Running", "attempt": 1, "startTime": "2025-01-01T11:00:00Z",
                "restarts": {"preemptions": 0, "failures": 0}}
     preempted = PodView("gan-0", 1, 0, "Failed", disruption="PreemptionByScheduler", exit_code=143)
-    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec, running),
+    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec, GanTrainingJobStatus.from_wire(running)),
                        Observed(job=JobView("gan", 1, "j1", failed=1), pods=(preempted,)), NOW)
-    s = M.job_series("ml", "gan", spec, plan.status)
+    s = M.job_series("ml", "gan", spec, plan.status.to_wire())
     assert s.restarts == {"preemption": 1, "failure": 0} and s.phase == "Pending"
 
 
@@ -217,8 +218,8 @@ def test_every_trainer_health_event_type_becomes_its_own_condition(tmp_path: Pat
     running = {"phase": "Running", "attempt": 1, "startTime": "2025-01-01T11:00:00Z"}
     observed = Observed(job=JobView("gan", 1, "j1", active=1), pods=(PodView("gan-0", 1, 0, "Running"),),
                           record=record)
-    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec, running), observed, NOW)
-    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec, GanTrainingJobStatus.from_wire(running)), observed, NOW)
+    conditions = {c["type"]: c for c in plan.status.to_wire()["conditions"]}
     assert conditions["ModeCollapseSuspected"]["message"] == "mode collapse suspected at step 10: diversity 0.05×"
     assert conditions["DiscriminatorOverpowering"]["message"] == "discriminator overpowering at step 12: accuracy 1.0"
     # two rollbacks - the Diverged event is not a third one
@@ -237,7 +238,8 @@ def test_the_rollback_count_survives_the_trainers_event_window(tmp_path: Path) -
     events.append(health.health_event(health.ROLLBACK, 50, "|loss_g| > 1e4"))
     record = _trainer_record(tmp_path, events, rollbacks=3)
     assert len(record.health_events) == 10 and record.rollbacks == 3
-    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec_of(), {"phase": "Running", "attempt": 1}),
+    running = GanTrainingJobStatus.from_wire({"phase": "Running", "attempt": 1})
+    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec_of(), running),
                        Observed(job=JobView("gan", 1, "j1", active=1), record=record), NOW)
-    rollback = next(c for c in plan.status["conditions"] if c["type"] == "DivergenceRollback")
+    rollback = next(c for c in plan.status.to_wire()["conditions"] if c["type"] == "DivergenceRollback")
     assert rollback["message"].startswith("3 divergence rollback(s), last at step 50")

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from ganops import storage
 from ganops.api.loader import spec_from_object
+from ganops.api.spec import Cost, GanTrainingJobStatus
 from ganops.operator import budget
 from ganops.operator.controller import merge_patch
 from ganops.operator.observe import (
@@ -134,8 +136,12 @@ def test_accrual_keeps_pod_time_and_banks_it_per_attempt() -> None:
     assert acc.gpu_seconds == pytest.approx(2 * 2 * 1800)
     acc = budget.accrue(acc, 2, [_pod("c", 2, 6)], 2, NOW)
     assert acc.banked_gpu_seconds == pytest.approx(7200) and acc.pods == {"c": pytest.approx(720)}
-    assert budget.Accounting.from_wire(acc.as_wire()) == acc
-    assert budget.Accounting.from_wire("junk") == budget.Accounting()
+    assert budget.Accounting.from_status(acc.as_status()) == acc
+    written = GanTrainingJobStatus(accounting=acc.as_status()).to_wire()
+    assert written == {"accounting": {"attempt": 2, "bankedGpuSeconds": 7200.0, "pods": {"c": 720.0}}}
+    assert budget.Accounting.from_status(None) == budget.Accounting()
+    with pytest.raises(ValidationError, match="accounting"):  # junk never reaches the decision: refused at the edge
+        GanTrainingJobStatus.from_wire({"accounting": "junk"})
 
 
 def test_cost_figures_take_the_larger_of_observed_and_reported() -> None:
@@ -147,7 +153,7 @@ def test_cost_figures_take_the_larger_of_observed_and_reported() -> None:
     reported = Record(step=1, uri="x", cost_usd=9.0, cost_gpu_hours=0.2)
     figures = budget.figures(spec, acc, reported)
     assert (figures.usd, figures.gpu_hours) == (9.0, 1.0)
-    assert budget.figures(spec, acc, None, {"usd": 11.0, "gpuHours": 0.0}).usd == 11.0  # never goes down
+    assert budget.figures(spec, acc, None, Cost(usd=11.0, gpu_hours=0.0)).usd == 11.0  # never goes down
     verdict = budget.verdict(spec, figures)
     assert verdict.fraction == pytest.approx(0.9) and verdict.warn and not verdict.exceeded
     assert budget.verdict(spec, budget.figures(spec, budget.Accounting(1, 7200.0), None)).exceeded  # 2 GPU-hours

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
+from ganops.api.crd import build_crd
 from ganops.api.loader import spec_from_object
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
 from ganops.operator import reconcile as R
-from ganops.operator.conditions import apply_action_error, clear_action_error, get_condition
+from ganops.operator.conditions import apply_action_error, clear_action_error
 from ganops.operator.observe import HealthEvent, JobView, PodView, Record
 from ganops.operator.plan import (
     ClearAnnotation,
@@ -27,6 +28,7 @@ from ganops.operator.plan import (
 from ganops.operator.progress import health_condition_type, wants_record
 from ganops.operator.registry import PROMOTION_RETRY_SECONDS, PromotionOutcome, apply_promotion
 from tests.support.jobs import grid_job
+from tests.support.schema import openapi_errors
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 UID = "8a5b88ec-0000-0000-0000-000000000001"
@@ -36,11 +38,41 @@ def spec_of(**spec: Any) -> GanTrainingJobSpec:
     return spec_from_object(grid_job("gan", **spec)["spec"])
 
 
-def job_in(status: dict[str, Any] | None = None, spec: GanTrainingJobSpec | None = None, *, generation: int = 1,
-           annotations: dict[str, str] | None = None, problems: tuple[str, ...] = ()) -> JobInput:
+def typed(status: dict[str, Any] | GanTrainingJobStatus | None) -> GanTrainingJobStatus:
+    """The status as the operator reads it off the resource."""
+    return status if isinstance(status, GanTrainingJobStatus) else GanTrainingJobStatus.from_wire(status)
+
+
+STATUS_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+
+def undeclared(schema: dict[str, Any], value: Any, path: str = "status") -> list[str]:
+    """Keys of `value` the schema does not declare (the API server would prune them)."""
+    if isinstance(value, list):
+        return [key for i, item in enumerate(value) for key in undeclared(schema["items"], item, f"{path}[{i}]")]
+    if not isinstance(value, dict):
+        return []
+    if "properties" in schema:
+        return [key for name, item in value.items() for key in (
+            undeclared(schema["properties"][name], item, f"{path}.{name}") if name in schema["properties"]
+            else [f"{path}.{name}"])]
+    return [key for name, item in value.items() for key in undeclared(schema["additionalProperties"], item,
+                                                                        f"{path}.{name}")]
+
+
+def wire(status: Plan | GanTrainingJobStatus) -> dict[str, Any]:
+    """The status as the operator writes it (what `kubectl get gtj -o yaml` shows), checked against the CRD's
+    status schema: valid, and every key declared."""
+    written = (status.status if isinstance(status, Plan) else status).to_wire()
+    assert openapi_errors(STATUS_SCHEMA, written) == [] and undeclared(STATUS_SCHEMA, written) == [], written
+    return written
+
+
+def job_in(status: dict[str, Any] | GanTrainingJobStatus | None = None, spec: GanTrainingJobSpec | None = None, *,
+           generation: int = 1, annotations: dict[str, str] | None = None, problems: tuple[str, ...] = ()) -> JobInput:
     return JobInput(name="gan", namespace="team-a", uid=UID, generation=generation,
-                      spec=spec if spec is not None or problems else spec_of(), status=status or {},
-                      problems=problems, annotations=annotations or {})
+                    spec=spec if spec is not None or problems else spec_of(), status=typed(status),
+                    problems=problems, annotations=annotations or {})
 
 
 def kjob(attempt: int = 1, **kw: Any) -> JobView:
@@ -56,8 +88,10 @@ def record(step: int, **kw: Any) -> Record:
     return Record(step=step, uri=f"s3://b/ckpt/team-a/gan/step-{step:09d}", **kw)
 
 
-def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
-    return get_condition(status, type_) or {}
+def cond(status: dict[str, Any] | GanTrainingJobStatus | Plan, type_: str) -> dict[str, Any]:
+    """The condition as written (wire names), or {}."""
+    written = status if isinstance(status, dict) else wire(status)
+    return next((c for c in written.get("conditions") or [] if c["type"] == type_), {})
 
 
 def kinds(plan: Plan) -> list[str]:
@@ -73,8 +107,8 @@ def running_status(spec: GanTrainingJobSpec | None = None) -> dict[str, Any]:
     spec = spec or spec_of()
     first = R.reconcile(job_in(spec=spec), Observed(), NOW)
     second = R.reconcile(job_in(first.status, spec), Observed(job=kjob(), pods=(pod(),)), NOW)
-    assert second.status["phase"] == "Running"
-    return second.status
+    assert wire(second)["phase"] == "Running"
+    return wire(second)
 
 
 # ------------------------------------------------------------------------------------------------ creation
@@ -83,7 +117,7 @@ def running_status(spec: GanTrainingJobSpec | None = None) -> dict[str, Any]:
 def test_first_reconcile_creates_the_children_and_says_so_once() -> None:
     plan = R.reconcile(job_in(), Observed(), NOW)
     assert plan.actions == [EnsureChildren(1, {"preemptions": 0, "failures": 0}, None)]
-    st = plan.status
+    st = wire(plan)
     assert st["phase"] == "Pending" and st["attempt"] == 1 and st["observedGeneration"] == 1
     assert st["startTime"] == "2025-01-01T12:00:00Z"
     assert cond(st, "Created")["status"] == "True"
@@ -93,18 +127,18 @@ def test_first_reconcile_creates_the_children_and_says_so_once() -> None:
     # The index lags: the Job is not seen yet. Creating again is harmless (409), and says nothing new.
     again = R.reconcile(job_in(st), Observed(), NOW + dt.timedelta(seconds=1))
     assert kinds(again) == ["EnsureChildren"] and again.events == []
-    assert again.status["startTime"] == st["startTime"]
+    assert wire(again)["startTime"] == st["startTime"]
 
 
 def test_pending_then_running_with_one_event_per_transition() -> None:
     created = R.reconcile(job_in(), Observed(), NOW).status
     pending = R.reconcile(job_in(created), Observed(job=kjob(), pods=(pod(phase="Pending"),)), NOW)
-    assert pending.status["phase"] == "Pending" and pending.actions == [] and pending.events == []
+    assert wire(pending)["phase"] == "Pending" and pending.actions == [] and pending.events == []
     running = R.reconcile(job_in(pending.status), Observed(job=kjob(), pods=(pod(),)), NOW)
-    assert running.status["phase"] == "Running" and reasons(running) == ["Running"]
+    assert wire(running)["phase"] == "Running" and reasons(running) == ["Running"]
     assert cond(running.status, "Running")["status"] == "True"
     steady = R.reconcile(job_in(running.status), Observed(job=kjob(), pods=(pod(),)), NOW)
-    assert steady.events == [] and steady.actions == [] and steady.status == running.status
+    assert steady.events == [] and steady.actions == [] and wire(steady) == wire(running)
     assert steady.requeue_after == Policy().resync_seconds
 
 
@@ -112,7 +146,7 @@ def test_queued_in_kueue_is_pending_with_the_queue_named() -> None:
     spec = spec_of(queueName="gpu")
     created = R.reconcile(job_in(spec=spec), Observed(), NOW).status
     queued = R.reconcile(job_in(created, spec), Observed(job=kjob(suspended=True)), NOW)
-    assert queued.status["phase"] == "Pending" and "gpu" in queued.status["message"]
+    assert wire(queued)["phase"] == "Pending" and "gpu" in wire(queued)["message"]
     assert cond(queued.status, "Running")["reason"] == "Queued"
 
 
@@ -129,8 +163,8 @@ def test_preemption_relaunches_from_the_checkpoint_and_spends_no_backoff() -> No
         DeleteJob("uid-1", "Preempted"),
         EnsureChildren(2, {"preemptions": 1, "failures": 0}, "s3://b/ckpt/team-a/gan/step-000000040"),
     ]
-    assert plan.status["attempt"] == 2 and plan.status["restarts"] == {"preemptions": 1, "failures": 0}
-    assert plan.status["phase"] == "Pending" and cond(plan.status, "Running")["reason"] == "Relaunching"
+    assert wire(plan)["attempt"] == 2 and wire(plan)["restarts"] == {"preemptions": 1, "failures": 0}
+    assert wire(plan)["phase"] == "Pending" and cond(plan.status, "Running")["reason"] == "Relaunching"
     assert reasons(plan) == ["Preempted", "Relaunched"]
     assert [e.type for e in plan.events] == ["Warning", "Normal"]
     assert "resuming from step 40" in plan.events[1].message
@@ -138,7 +172,7 @@ def test_preemption_relaunches_from_the_checkpoint_and_spends_no_backoff() -> No
     # The old Job is still being deleted: wait for it; no second decision, no new events.
     wait = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(deleting=True), pods=(preempted,)), NOW)
     assert kinds(wait) == ["EnsureChildren"] and wait.events == []
-    assert wait.status["restarts"] == {"preemptions": 1, "failures": 0}
+    assert wire(wait)["restarts"] == {"preemptions": 1, "failures": 0}
     assert wait.requeue_after == R.WAIT_SECONDS
     # Not yet deleting (the operator died before deleting it): delete it by uid, then create ours.
     stale = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(), pods=(preempted,)), NOW)
@@ -151,8 +185,8 @@ def test_a_newer_job_than_status_is_adopted_with_its_counters() -> None:
     st = {**st, "attempt": 2, "restarts": {"preemptions": 1, "failures": 0}}
     newer = kjob(3, restarts={"preemptions": 2, "failures": 0})
     plan = R.reconcile(job_in(st), Observed(job=newer, pods=(pod(3),)), NOW)
-    assert plan.status["attempt"] == 3 and plan.status["restarts"] == {"preemptions": 2, "failures": 0}
-    assert plan.actions == [] and plan.status["phase"] == "Running"
+    assert wire(plan)["attempt"] == 3 and wire(plan)["restarts"] == {"preemptions": 2, "failures": 0}
+    assert plan.actions == [] and wire(plan)["phase"] == "Running"
 
 
 def test_application_failures_spend_the_backoff_limit_then_fail() -> None:
@@ -162,15 +196,15 @@ def test_application_failures_spend_the_backoff_limit_then_fail() -> None:
         crashed = pod(attempt, phase="Failed", exit_code=1, terminated_reason="Error")
         plan = R.reconcile(job_in(st, spec), Observed(job=kjob(attempt), pods=(crashed,)), NOW)
         assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and reasons(plan) == ["Failed", "Relaunched"]
-        assert plan.status["restarts"] == {"preemptions": 0, "failures": attempt}
+        assert wire(plan)["restarts"] == {"preemptions": 0, "failures": attempt}
         st = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(attempt + 1), pods=(pod(attempt + 1),)),
                          NOW).status
     crashed = pod(3, phase="Failed", exit_code=2, terminated_reason="Error")
     plan = R.reconcile(job_in(st, spec), Observed(job=kjob(3), pods=(crashed,)), NOW)
-    assert plan.status["phase"] == "Failed" and plan.status["restarts"] == {"preemptions": 0, "failures": 3}
+    assert wire(plan)["phase"] == "Failed" and wire(plan)["restarts"] == {"preemptions": 0, "failures": 3}
     assert cond(plan.status, "Failed")["reason"] == "BackoffLimitExceeded"
     assert "exit code 2" in cond(plan.status, "Failed")["message"]
-    assert reasons(plan) == ["BackoffLimitExceeded"] and plan.status["completionTime"]
+    assert reasons(plan) == ["BackoffLimitExceeded"] and wire(plan)["completionTime"]
     assert "EnsureChildren" not in kinds(plan)
     # Finished: nothing more happens on later reconciles.
     later = R.reconcile(job_in(plan.status, spec), Observed(job=kjob(3, failed_reason="PodFailurePolicy")), NOW)
@@ -181,18 +215,18 @@ def test_success_needs_the_last_step_in_latest_json() -> None:
     st = running_status()
     done = R.reconcile(job_in(st), Observed(job=kjob(complete=True), pods=(pod(phase="Succeeded", exit_code=0),),
                                              record=record(20)), NOW)
-    assert done.status["phase"] == "Succeeded" and reasons(done) == ["Succeeded", "PromotionSkipped"]
-    assert done.status["step"] == 20 and done.status["completionTime"] == "2025-01-01T12:00:00Z"
+    assert wire(done)["phase"] == "Succeeded" and reasons(done) == ["Succeeded", "PromotionSkipped"]
+    assert wire(done)["step"] == 20 and wire(done)["completionTime"] == "2025-01-01T12:00:00Z"
 
     early = R.reconcile(job_in(st), Observed(job=kjob(complete=True), record=record(10)), NOW)
-    assert early.status["attempt"] == 2 and early.status["restarts"]["preemptions"] == 1
+    assert wire(early)["attempt"] == 2 and wire(early)["restarts"]["preemptions"] == 1
     assert "step 10 of 20" in early.events[0].message
 
     blind = R.reconcile(job_in(st), Observed(job=kjob(complete=True), record_error="503 SlowDown"), NOW)
-    assert blind.status["phase"] == "Running" and "waiting for the object store" in blind.status["message"]
+    assert wire(blind)["phase"] == "Running" and "waiting for the object store" in wire(blind)["message"]
     assert blind.actions == []
     nothing = R.reconcile(job_in(st), Observed(job=kjob(complete=True), record_expected=False), NOW)
-    assert nothing.status["phase"] == "Succeeded"  # no checkpoint store at all: trust the Job
+    assert wire(nothing)["phase"] == "Succeeded"  # no checkpoint store at all: trust the Job
 
 
 # ------------------------------------------------------------------------------------------------ run policy
@@ -202,15 +236,15 @@ def test_suspend_and_resume() -> None:
     st = running_status()
     suspended_spec = spec_of(runPolicy={"suspend": True})
     plan = R.reconcile(job_in(st, suspended_spec, generation=2), Observed(job=kjob(), pods=(pod(),)), NOW)
-    assert plan.status["phase"] == "Suspended" and plan.actions == [DeleteJob("uid-1", "suspended")]
+    assert wire(plan)["phase"] == "Suspended" and plan.actions == [DeleteJob("uid-1", "suspended")]
     assert reasons(plan) == ["Suspended"] and cond(plan.status, "Suspended")["status"] == "True"
     again = R.reconcile(job_in(plan.status, suspended_spec, generation=2), Observed(), NOW)
-    assert again.events == [] and again.actions == [] and again.status["phase"] == "Suspended"
+    assert again.events == [] and again.actions == [] and wire(again)["phase"] == "Suspended"
 
     later = NOW + dt.timedelta(hours=1)
     resumed = R.reconcile(job_in(again.status, spec_of(), generation=3), Observed(), later)
-    assert resumed.status["attempt"] == 2 and resumed.status["restarts"] == {"preemptions": 0, "failures": 0}
-    assert resumed.status["startTime"] == "2025-01-01T13:00:00Z"  # the deadline clock restarts
+    assert wire(resumed)["attempt"] == 2 and wire(resumed)["restarts"] == {"preemptions": 0, "failures": 0}
+    assert wire(resumed)["startTime"] == "2025-01-01T13:00:00Z"  # the deadline clock restarts
     assert reasons(resumed) == ["Resumed"] and kinds(resumed) == ["EnsureChildren"]
     assert cond(resumed.status, "Suspended")["status"] == "False"
 
@@ -219,9 +253,9 @@ def test_active_deadline() -> None:
     spec = spec_of(runPolicy={"activeDeadlineSeconds": 600})
     st = running_status(spec)
     on_time = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),)), NOW + dt.timedelta(seconds=590))
-    assert on_time.status["phase"] == "Running" and on_time.requeue_after == pytest.approx(10.0)
+    assert wire(on_time)["phase"] == "Running" and on_time.requeue_after == pytest.approx(10.0)
     late = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),)), NOW + dt.timedelta(seconds=601))
-    assert late.status["phase"] == "Failed" and cond(late.status, "Failed")["reason"] == "DeadlineExceeded"
+    assert wire(late)["phase"] == "Failed" and cond(late.status, "Failed")["reason"] == "DeadlineExceeded"
     assert late.actions == [DeleteJob("uid-1", "deadline exceeded")] and reasons(late) == ["DeadlineExceeded"]
 
 
@@ -243,22 +277,22 @@ def test_budget_warns_once_then_stops_and_a_raised_budget_resumes() -> None:
     st = running_status(spec)
     warn = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=(pod(),),
                                                    record=record(5, cost_usd=8.1, cost_gpu_hours=4.05)), NOW)
-    assert reasons(warn) == ["BudgetWarning"] and warn.status["phase"] == "Running"
+    assert reasons(warn) == ["BudgetWarning"] and wire(warn)["phase"] == "Running"
     assert "81% of the budget spent ($8.10 of $10.00)" in warn.events[0].message
     again = R.reconcile(job_in(warn.status, spec), Observed(job=kjob(), pods=(pod(),)), NOW)
-    assert again.events == [] and again.status["cost"]["usd"] == pytest.approx(8.1)  # cost never goes down
+    assert again.events == [] and wire(again)["cost"]["usd"] == pytest.approx(8.1)  # cost never goes down
 
     over = R.reconcile(job_in(warn.status, spec), Observed(job=kjob(), pods=(pod(),),
                                                             record=record(6, cost_usd=10.2)), NOW)
-    assert over.status["phase"] == "BudgetExceeded" and over.actions == [DeleteJob("uid-1", "budget exceeded")]
-    assert reasons(over) == ["BudgetExceeded"] and over.status["completionTime"]
+    assert wire(over)["phase"] == "BudgetExceeded" and over.actions == [DeleteJob("uid-1", "budget exceeded")]
+    assert reasons(over) == ["BudgetExceeded"] and wire(over)["completionTime"]
     stays = R.reconcile(job_in(over.status, spec), Observed(), NOW)
-    assert stays.status["phase"] == "BudgetExceeded" and stays.events == [] and stays.actions == []
+    assert wire(stays)["phase"] == "BudgetExceeded" and stays.events == [] and stays.actions == []
 
     raised = spec_of(resources={"gpusPerReplica": 1}, budget={"maxCostUSD": 100.0, "pricePerGPUHour": 2.0})
     resumed = R.reconcile(job_in(over.status, raised, generation=2), Observed(), NOW)
-    assert resumed.status["phase"] == "Pending" and resumed.status["attempt"] == 2
-    assert "completionTime" not in resumed.status
+    assert wire(resumed)["phase"] == "Pending" and wire(resumed)["attempt"] == 2
+    assert "completionTime" not in wire(resumed)
     assert reasons(resumed) == ["BudgetRaised"] and kinds(resumed) == ["EnsureChildren"]
 
 
@@ -268,7 +302,7 @@ def test_cost_accrues_from_pod_time_and_is_banked_across_attempts() -> None:
     hour_ago = NOW - dt.timedelta(hours=1)
     pods = (pod(index=0, started=hour_ago), pod(index=1, started=hour_ago))
     plan = R.reconcile(job_in(st, spec), Observed(job=kjob(), pods=pods), NOW)
-    assert plan.status["cost"] == {"gpuHours": pytest.approx(8.0), "usd": pytest.approx(12.0)}
+    assert wire(plan)["cost"] == {"gpuHours": pytest.approx(8.0), "usd": pytest.approx(12.0)}
     # Preempted after 1 h: the next attempt starts with 8 GPU-hours banked, even once the old pods are gone.
     gone = (pod(index=0, started=hour_ago, phase="Failed", disruption="TerminationByKubelet",
                 finished=NOW), pods[1])
@@ -276,8 +310,8 @@ def test_cost_accrues_from_pod_time_and_is_banked_across_attempts() -> None:
     later = NOW + dt.timedelta(minutes=30)
     new_pods = (pod(2, index=0, started=NOW), pod(2, index=1, started=NOW))
     after = R.reconcile(job_in(relaunch.status, spec), Observed(job=kjob(2), pods=new_pods), later)
-    assert after.status["accounting"]["bankedGpuSeconds"] == pytest.approx(8 * 3600)
-    assert after.status["cost"]["gpuHours"] == pytest.approx(8.0 + 4.0)
+    assert wire(after)["accounting"]["bankedGpuSeconds"] == pytest.approx(8 * 3600)
+    assert wire(after)["cost"]["gpuHours"] == pytest.approx(8.0 + 4.0)
 
 
 # ------------------------------------------------------------------------------------------------ validation
@@ -287,17 +321,17 @@ def test_an_invalid_spec_fails_once_and_recovers_when_fixed() -> None:
     problems = ("spec.training.stepz is not a known field; did you mean 'steps'?",
                 "spec.training.batchSize must be >= 1")
     plan = R.reconcile(job_in(problems=problems), Observed(), NOW)
-    assert plan.status["phase"] == "Failed" and plan.actions == []
+    assert wire(plan)["phase"] == "Failed" and plan.actions == []
     assert cond(plan.status, "InvalidSpec")["message"] == "; ".join(problems)
     assert cond(plan.status, "Failed")["reason"] == "InvalidSpec"
     assert reasons(plan) == ["InvalidSpec"] and plan.events[0].type == "Warning"
     assert plan.requeue_after is None  # nothing to retry: a permanent error until the spec changes
     again = R.reconcile(job_in(plan.status, problems=problems), Observed(), NOW)
-    assert again.events == [] and again.status == plan.status
+    assert again.events == [] and wire(again) == wire(plan)
 
     fixed = R.reconcile(job_in(plan.status, spec_of(), generation=2), Observed(), NOW)
-    assert fixed.status["phase"] == "Pending" and kinds(fixed) == ["EnsureChildren"]
-    assert cond(fixed.status, "InvalidSpec")["status"] == "False" and "completionTime" not in fixed.status
+    assert wire(fixed)["phase"] == "Pending" and kinds(fixed) == ["EnsureChildren"]
+    assert cond(fixed.status, "InvalidSpec")["status"] == "False" and "completionTime" not in wire(fixed)
     assert "SpecValid" in reasons(fixed)
 
 
@@ -310,7 +344,7 @@ def test_the_record_fills_checkpoints_metrics_and_health_conditions() -> None:
                    time="2025-01-01T11:59:00Z",
                    health_events=(HealthEvent("mode_collapse", 8, "5 of 25 modes"),), rollbacks=0)
     plan = R.reconcile(job_in(st), Observed(job=kjob(), pods=(pod(),), record=first), NOW)
-    status = plan.status
+    status = wire(plan)
     assert status["step"] == 10 and status["metrics"] == {"modes": 20.0} and status["mlflowRunId"] == "abc"
     assert status["lastCheckpoint"] == {"uri": first.uri, "step": 10, "sha256": "f" * 64,
                                         "time": "2025-01-01T11:59:00Z", "metric": 30.0}
@@ -320,12 +354,12 @@ def test_the_record_fills_checkpoints_metrics_and_health_conditions() -> None:
 
     worse = record(20, metric=35.0, health_events=(*first.health_events, HealthEvent("DivergenceRollback", 18)))
     plan = R.reconcile(job_in(status), Observed(job=kjob(), pods=(pod(),), record=worse), NOW)
-    assert plan.status["lastCheckpoint"]["step"] == 20 and plan.status["bestCheckpoint"]["step"] == 10
+    assert wire(plan)["lastCheckpoint"]["step"] == 20 and wire(plan)["bestCheckpoint"]["step"] == 10
     assert reasons(plan) == ["DivergenceRollback"]  # the collapse condition did not change: no repeat
     assert cond(plan.status, "DivergenceRollback")["message"] == "1 divergence rollback(s), last at step 18"
     better = record(30, metric=25.0)
     plan = R.reconcile(job_in(plan.status), Observed(job=kjob(), pods=(pod(),), record=better), NOW)
-    assert plan.status["bestCheckpoint"]["step"] == 30
+    assert wire(plan)["bestCheckpoint"]["step"] == 30
 
 
 @pytest.mark.parametrize(("event_type", "condition"), [
@@ -364,7 +398,7 @@ def test_auto_promotion_is_planned_once_the_job_succeeds() -> None:
     assert plan.actions == [Promote(tracking_uri="http://mlflow", model_name="grid", alias="production")]
     result = PromotionOutcome("promoted", "grid", "production", "4", "passed: modes 23 >= minModes 20")
     status, events = apply_promotion(plan.status, result, NOW)
-    assert status["promotedVersion"] == "4"
+    assert wire(status)["promotedVersion"] == "4"
     assert cond(status, "Promoted")["message"] == "grid@production → version 4 (passed: modes 23 >= minModes 20)"
     assert [e.reason for e in events] == ["Promoted"]
     # Decided: later reconciles do not promote again.
@@ -380,7 +414,7 @@ def test_a_rejection_names_the_failed_gate_and_is_final() -> None:
     status, events = apply_promotion(plan.status, result, NOW)
     rejected = cond(status, "PromotionRejected")
     assert rejected["status"] == "True" and "modes 12 < minModes 20" in rejected["message"]
-    assert "rejected version 2" in rejected["message"] and "promotedVersion" not in status
+    assert "rejected version 2" in rejected["message"] and "promotedVersion" not in wire(status)
     assert [(e.type, e.reason) for e in events] == [("Warning", "PromotionRejected")]
     later = R.reconcile(job_in(status, spec), Observed(job=kjob(complete=True)), NOW, Policy(mlflow_uri="x"))
     assert later.actions == []
@@ -395,7 +429,7 @@ def test_manual_promotion_and_rollback_through_annotations() -> None:
     back = succeeded(spec, {}, annotations={ANNOTATION_ROLLBACK_TO: "3"})
     assert back.actions == [Rollback("http://mlflow", "gan", "production", "3")]
     status, events = apply_promotion(back.status, PromotionOutcome("rolled_back", "gan", "production", "3"), NOW)
-    assert status["promotedVersion"] == "3" and cond(status, "Promoted")["reason"] == "RolledBack"
+    assert wire(status)["promotedVersion"] == "3" and cond(status, "Promoted")["reason"] == "RolledBack"
     assert [e.reason for e in events] == ["RolledBack"]
     _, events = apply_promotion(back.status, PromotionOutcome("rollback_failed", "gan", "production",
                                                                  message="gan has no version 9"), NOW)
@@ -433,7 +467,7 @@ def test_promotion_without_a_registry_or_while_it_is_down() -> None:
 
 def test_action_errors_are_reported_once() -> None:
     st = running_status()
-    status, events = apply_action_error(st, "cannot create Job gan", "admission webhook denied", NOW)
+    status, events = apply_action_error(typed(st), "cannot create Job gan", "admission webhook denied", NOW)
     assert cond(status, "ChildrenReady")["status"] == "False" and len(events) == 1
     status, events = apply_action_error(status, "cannot create Job gan", "admission webhook denied", NOW)
     assert events == []

@@ -108,8 +108,6 @@ def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[BaseMode
         model = models[owner]
         for prop, default in _defaults_of(model).items():
             out.setdefault("properties", {}).setdefault(prop, {}).setdefault("default", default)
-        if model.model_config.get("extra") == "allow":
-            out["x-kubernetes-preserve-unknown-fields"] = True
         rules = RULES_BY_MODEL.get(owner, [])
         if rules:
             out["x-kubernetes-validations"] = [

@@ -220,11 +220,16 @@ class GanTrainingJobSpec(_Wire):
 
 
 # ---------------------------------------------------------------- status
+# Written by the operator only (`ganops.operator.reconcile`), through these models: every field it writes is declared
+# here, so the CRD's status schema is explicit and a mistyped key fails instead of reaching the cluster.
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class Condition(_Wire):
     type: str
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str = ""
     message: str = ""
     last_transition_time: str | None = None
@@ -248,23 +253,53 @@ class Cost(_Wire):
     gpu_hours: float = 0.0
 
 
-class GanTrainingJobStatus(_Wire):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+class GpuAccounting(_Wire):
+    attempt: int = 0
+    banked_gpu_seconds: float = 0.0
+    pods: dict[str, float] = Field(default_factory=dict)
 
-    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded"] | None = None
+
+class PromotionCounts(_Wire):
+    promoted: int = 0
+    rejected: int = 0
+
+
+# On the wire (`to_wire`) only the fields that were read or set appear, and a field set to None is left out (the
+# operator's merge patch then removes it): the status a user sees has exactly the keys the operator gave it.
+class GanTrainingJobStatus(_Wire):
+    phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+    attempt: int | None = Field(None, description="The current attempt (the Job's ganops.io/attempt label).")
     step: int | None = None
     last_checkpoint: CheckpointRef | None = None
     best_checkpoint: CheckpointRef | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     restarts: Restarts = Field(default_factory=Restarts)
     cost: Cost = Field(default_factory=Cost)
+    accounting: GpuAccounting | None = Field(
+        None, description="The GPU-seconds behind cost: banked from earlier attempts, and per pod of the current one."
+    )
     mlflow_run_id: str | None = None
     promoted_version: str | None = None
+    promoted_metrics: dict[str, float] | None = Field(
+        None, description="Evaluation metrics of the promoted version, as recorded on it in the registry."
+    )
+    promotions: PromotionCounts | None = Field(None, description="Promotion decisions so far, by outcome.")
+    promotion_attempted_at: str | None = Field(None, description="Last try while the registry was unavailable.")
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None
+
+    @classmethod
+    def from_wire(cls, data: Any) -> GanTrainingJobStatus:
+        """The status from the resource (camelCase; an absent status is an empty one)."""
+        return cls.model_validate(data or {})
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase, JSON types, without the fields nobody read or set and without those set to None."""
+        wire: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+        return wire
 
 
 class ObjectMeta(BaseModel):

@@ -10,6 +10,10 @@ A reconcile (`Controller.reconcile`, in a worker thread) reads its inputs from m
 and pods labelled `ganops.io/job`, filled from watch streams before any handler runs - plus latest.json when it is
 due, decides, executes the actions, then writes the status (a merge patch of what changed). The loop keeps the
 status it last wrote: the operator is its only writer, so it is never misled by a watch event that lags behind.
+
+The status is typed (`GanTrainingJobStatus`) from here inwards; this module converts at the edge: the wire dict
+(camelCase) is read with `GanTrainingJobStatus.from_wire` and the decided status is written back with `to_wire`
+(only the fields that were read or set), so the merge patch holds what changed and nothing else.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 from ganops import storage
 from ganops.api.loader import JobFileError, spec_from_object
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, PLURAL
 from ganops.operator import children, conditions, metrics, progress, registry
 from ganops.operator import reconcile as decide
@@ -94,7 +98,7 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 class JobMemory:
     """What one job's loop remembers between reconciles."""
 
-    status: dict[str, Any] | None = None  # as last written (authoritative: the operator is the only writer)
+    status: dict[str, Any] | None = None  # on the wire, as last written (authoritative: the only writer)
     spec_generation: int | None = None
     spec: GanTrainingJobSpec | None = None
     problems: tuple[str, ...] = ()
@@ -194,19 +198,19 @@ class Controller:
         ckpt = children.checkpoint_uri(spec, self.config) if spec is not None else None
         job_input = JobInput(
             name=snap.name, namespace=snap.namespace, uid=snap.uid, generation=snap.generation, spec=spec,
-            status=current, problems=problems, annotations=snap.annotations,
+            status=GanTrainingJobStatus.from_wire(current), problems=problems, annotations=snap.annotations,
         )
         observed = Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
         since = None if memory.record_read_at is None else time.monotonic() - memory.record_read_at
         if ckpt is not None and progress.wants_record(job_input, observed, seconds_since_read=since,
-                                                    policy=self.policy):
+                                                      policy=self.policy):
             record, error = self._read_record(latest_uri(ckpt, snap.namespace, snap.name))
             if error is None:
                 memory.record_read_at = time.monotonic()
             else:
                 log.warning("cannot read latest.json of %s/%s: %s", snap.namespace, snap.name, error)
             observed = Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
-                                       record_expected=True)
+                                record_expected=True)
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
         new_status = plan.status
@@ -224,9 +228,9 @@ class Controller:
                 outcome.requeue_after = wake if outcome.requeue_after is None else min(outcome.requeue_after, wake)
             if isinstance(action, DeleteSelf):
                 outcome.gone = True
-        outcome.phase = new_status.get("phase")
+        outcome.phase = new_status.phase
         if not outcome.gone:
-            outcome.gone = not self._write_status(snap, memory, current, new_status)
+            outcome.gone = not self._write_status(snap, memory, current, new_status.to_wire())
         return outcome
 
     def _write_status(self, snap: Snapshot, memory: JobMemory, old: Mapping[str, Any],
@@ -248,9 +252,9 @@ class Controller:
 
     # -------------------------------------------------------------------------------------------- actions
     def _execute(
-        self, action: Action, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
+        self, action: Action, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: GanTrainingJobStatus,
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[Event], float | None]:
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         if isinstance(action, EnsureChildren):
             assert spec is not None
             return self._ensure_children(action, snap, spec, status_now, now)
@@ -284,9 +288,9 @@ class Controller:
         raise TypeError(f"unknown action {action!r}")  # pragma: no cover
 
     def _ensure_children(
-        self, action: EnsureChildren, snap: Snapshot, spec: GanTrainingJobSpec, status_now: dict[str, Any],
+        self, action: EnsureChildren, snap: Snapshot, spec: GanTrainingJobSpec, status_now: GanTrainingJobStatus,
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[Event], float | None]:
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         objs = children.render(_owner(snap), spec, self.config, attempt=action.attempt, restarts=action.restarts,
                                resume_from=action.resume_from)
         for obj in objs:
@@ -328,9 +332,9 @@ class Controller:
                 raise
 
     def _promote(
-        self, action: Promote, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
+        self, action: Promote, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: GanTrainingJobStatus,
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[Event], float | None]:
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         from ganops.operator.promotion import promote_job
 
         assert spec is not None
@@ -348,8 +352,8 @@ class Controller:
         return new, events, wake
 
     def _rollback(
-        self, action: Rollback, snap: Snapshot, status_now: dict[str, Any], now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[Event], float | None]:
+        self, action: Rollback, snap: Snapshot, status_now: GanTrainingJobStatus, now: dt.datetime,
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         from ganops.operator.promotion import rollback
 
         result = rollback(action.tracking_uri, model_name=action.model_name, alias=action.alias,

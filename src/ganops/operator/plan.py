@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.operator.conditions import Event
 from ganops.operator.observe import JobView, PodView, Record
 
@@ -25,7 +24,7 @@ class JobInput:
     uid: str
     generation: int
     spec: GanTrainingJobSpec | None
-    status: Mapping[str, Any]
+    status: GanTrainingJobStatus
     problems: tuple[str, ...] = ()
     annotations: Mapping[str, str] = field(default_factory=dict)
 
@@ -103,7 +102,7 @@ Action = EnsureChildren | SyncJobFile | DeleteJob | DeleteSelf | Promote | Rollb
 
 @dataclass
 class Plan:
-    status: dict[str, Any]
+    status: GanTrainingJobStatus
     events: list[Event] = field(default_factory=list)
     actions: list[Action] = field(default_factory=list)
     requeue_after: float | None = None  # None: nothing is due; wake up on events (and a slow safety net)

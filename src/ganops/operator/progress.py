@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
+from ganops.api.spec import CheckpointRef
 from ganops.operator import faults
 from ganops.operator.conditions import FINISHED, StatusBuilder, get_condition
 from ganops.operator.observe import HealthEvent, PodView, Record
@@ -23,12 +23,12 @@ def wants_record(job: JobInput, observed: Observed, *, seconds_since_read: float
     current attempt looks finished (success and "stopped early" are told apart by the record's step)."""
     if not observed.record_expected or job.spec is None:
         return False
-    phase = job.status.get("phase")
+    phase = job.status.phase
     if phase in FINISHED:
         return seconds_since_read is None and phase != "Failed"
     if seconds_since_read is None or seconds_since_read >= policy.resync_seconds:
         return True
-    attempt = int(job.status.get("attempt") or 0)
+    attempt = job.status.attempt or 0
     if observed.job is not None and observed.job.attempt == attempt:
         outcome = faults.attempt_outcome(
             observed.job, pods_of_attempt(observed.pods, attempt), replicas=job.spec.resources.replicas,
@@ -60,9 +60,9 @@ def health_condition_type(event_type: str) -> str | None:
 
 def _health_condition(st: StatusBuilder, type_: str, message: str) -> None:
     """Set a trainer-health condition; one Warning Event whenever its message or status changes."""
-    before = get_condition(st.data, type_)
+    before = get_condition(st.status, type_)
     st.condition(type_, True, "TrainerHealthCheck", message)
-    if before is None or before.get("message") != message or before.get("status") != "True":
+    if before is None or before.message != message or before.status != "True":
         st.event("Warning", type_, message)
 
 
@@ -72,24 +72,21 @@ def _describe(event: HealthEvent, what: str) -> str:
 
 
 def apply_record(st: StatusBuilder, record: Record) -> None:
-    st.data["step"] = record.step
-    last: dict[str, Any] = {"uri": record.uri, "step": record.step}
-    if record.manifest_sha256:
-        last["sha256"] = record.manifest_sha256
-    if record.time:
-        last["time"] = record.time
+    status = st.status
+    status.step = record.step
+    # Optional fields only when the record has them (None is left out on the wire).
+    last = CheckpointRef(uri=record.uri, step=record.step, sha256=record.manifest_sha256 or None,
+                         time=record.time or None, metric=record.metric)
+    status.last_checkpoint = last
     if record.metric is not None:
-        last["metric"] = record.metric
-    st.data["lastCheckpoint"] = last
-    if record.metric is not None:
-        best = st.get("bestCheckpoint") or {}
-        best_metric = best.get("metric")
-        if best.get("step") == record.step or best_metric is None or record.metric < float(best_metric):
-            st.data["bestCheckpoint"] = dict(last)
+        best = status.best_checkpoint
+        best_metric = best.metric if best is not None else None
+        if (best is not None and best.step == record.step) or best_metric is None or record.metric < best_metric:
+            status.best_checkpoint = last.model_copy()
     if record.metrics:
-        st.data["metrics"] = dict(record.metrics)
+        status.metrics = dict(record.metrics)
     if record.mlflow_run_id:
-        st.data["mlflowRunId"] = record.mlflow_run_id
+        status.mlflow_run_id = record.mlflow_run_id
     # Health events of the trainer (latest.json `health`: the last events and the rollback count, see
     # `ganops.trainer.health.HealthRecord.checkpoint_info`) become conditions, with one Warning Event per change.
     by_type: dict[str, list[HealthEvent]] = {}

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import Any
 
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import Cost, GanTrainingJobSpec, Restarts
+from ganops.cost import CostFigures
 from ganops.operator import budget, faults
 from ganops.operator.conditions import FINISHED, StatusBuilder, get_condition
 from ganops.operator.observe import JobView, PodView, format_time, parse_time
@@ -40,18 +40,18 @@ WAIT_SECONDS = 1.0  # re-check soon: waiting for the previous attempt's Job to g
 CREATED_CHECK_SECONDS = 5.0  # after creating children: look again even if no watch event arrives
 
 
-def _restarts(status: Mapping[str, Any]) -> dict[str, int]:
-    raw = status.get("restarts") or {}
-    return {"preemptions": int(raw.get("preemptions") or 0), "failures": int(raw.get("failures") or 0)}
+def _set_restarts(st: StatusBuilder, restarts: Mapping[str, int]) -> None:
+    st.status.restarts = Restarts(preemptions=restarts["preemptions"], failures=restarts["failures"])
 
 
 
 def reconcile(job: JobInput, observed: Observed, now: dt.datetime, policy: Policy | None = None) -> Plan:
     policy = policy or Policy()
     st = StatusBuilder(job.status, now)
-    plan = Plan(status=st.data)
-    generation_changed = st.get("observedGeneration") not in (None, job.generation)
-    st.data["observedGeneration"] = job.generation
+    status = st.status
+    plan = Plan(status=status)
+    generation_changed = status.observed_generation not in (None, job.generation)
+    status.observed_generation = job.generation
 
     if job.spec is None:
         _invalid(st, plan, job, observed)
@@ -60,33 +60,34 @@ def reconcile(job: JobInput, observed: Observed, now: dt.datetime, policy: Polic
     spec = job.spec
     if st.is_("InvalidSpec"):  # fixed by a spec update: start over
         st.condition("InvalidSpec", False, "SpecValid", "the spec is valid now")
-        if st.phase == "Failed" and (get_condition(st.data, "Failed") or {}).get("reason") == "InvalidSpec":
+        failed = get_condition(status, "Failed")
+        if st.phase == "Failed" and failed is not None and failed.reason == "InvalidSpec":
             st.condition("Failed", False, "SpecValid", "")
-            st.data.pop("phase", None)
-            st.data.pop("completionTime", None)
+            status.phase = None
+            status.completion_time = None
             st.event("Normal", "SpecValid", "the spec is valid now; starting")
 
-    attempt = int(st.get("attempt") or 0)
-    restarts = _restarts(st.data)
+    attempt = status.attempt or 0
+    restarts = {"preemptions": status.restarts.preemptions, "failures": status.restarts.failures}
     if observed.job is not None and observed.job.attempt > attempt:
         # A Job newer than status: the operator stopped between creating it and writing status. Adopt it.
         attempt = observed.job.attempt
         for key in ("preemptions", "failures"):
             restarts[key] = max(restarts[key], int(observed.job.restarts.get(key, 0)))
-    st.data["attempt"] = attempt
-    st.data["restarts"] = dict(restarts)
+    status.attempt = attempt
+    _set_restarts(st, restarts)
 
     if observed.record is not None:
         apply_record(st, observed.record)
 
     current_pods = pods_of_attempt(observed.pods, attempt)
     accounting = budget.accrue(
-        budget.Accounting.from_wire(st.get("accounting")), attempt, current_pods, spec.resources.gpus_per_replica,
+        budget.Accounting.from_status(status.accounting), attempt, current_pods, spec.resources.gpus_per_replica,
         now,
     )
-    cost = budget.figures(spec, accounting, observed.record, st.get("cost"), policy.price_table)
-    st.data["accounting"] = accounting.as_wire()
-    st.data["cost"] = cost.as_wire()
+    cost = budget.figures(spec, accounting, observed.record, status.cost, policy.price_table)
+    status.accounting = accounting.as_status()
+    status.cost = Cost.model_validate(cost.as_wire())
     verdict = budget.verdict(spec, cost, policy.warning_fraction)
 
     if st.phase in FINISHED:
@@ -105,9 +106,9 @@ def reconcile(job: JobInput, observed: Observed, now: dt.datetime, policy: Polic
 
     _active(st, plan, job, spec, observed, policy, attempt=attempt, restarts=restarts, current_pods=current_pods,
             verdict=verdict, cost=cost)
-    if int(st.data.get("attempt") or 0) != accounting.attempt:  # a new attempt: bank the previous one now
-        accounting = budget.accrue(accounting, int(st.data["attempt"]), [], spec.resources.gpus_per_replica, now)
-        st.data["accounting"] = accounting.as_wire()
+    if (status.attempt or 0) != accounting.attempt:  # a new attempt: bank the previous one now
+        accounting = budget.accrue(accounting, status.attempt or 0, [], spec.resources.gpus_per_replica, now)
+        status.accounting = accounting.as_status()
     if st.phase in FINISHED:
         _finished(st, plan, job, spec, observed, policy)
     plan_promotion(st, plan, job, spec, policy)  # auto once Succeeded; annotations (manual, rollback) in any phase
@@ -125,7 +126,7 @@ def _sync_job_file(plan: Plan, observed: Observed, generation_changed: bool) -> 
 
 def _next_attempt(st: StatusBuilder, attempt: int) -> int:
     attempt += 1
-    st.data["attempt"] = attempt
+    st.status.attempt = attempt
     return attempt
 
 
@@ -164,7 +165,7 @@ def _active(
     restarts: dict[str, int],
     current_pods: list[PodView],
     verdict: budget.BudgetVerdict,
-    cost: Any,
+    cost: CostFigures,
 ) -> None:
     """A job that has not finished, in order: suspension, deadline, budget guard, the attempt's Job, its outcome.
     Each step that stops the job (or waits for its Job) ends the reconcile."""
@@ -200,7 +201,7 @@ def _resume(st: StatusBuilder, attempt: int) -> int:
     """Resumed after a suspension: a new attempt, resuming from the latest checkpoint."""
     st.condition("Suspended", False, "Resumed", "spec.runPolicy.suspend is false")
     st.set_phase("Pending", "resuming from the latest checkpoint")
-    st.data["startTime"] = format_time(st.now)  # as for batch Jobs: the deadline clock restarts on resume
+    st.status.start_time = format_time(st.now)  # as for batch Jobs: the deadline clock restarts on resume
     st.event("Normal", "Resumed", "job resumed; a new attempt resumes from the latest checkpoint")
     return _next_attempt(st, attempt)
 
@@ -209,7 +210,7 @@ def _past_deadline(st: StatusBuilder, plan: Plan, spec: GanTrainingJobSpec, obse
     """runPolicy.activeDeadlineSeconds, from startTime: past it the job fails and its pods stop; before it, wake up
     when it is due."""
     deadline = spec.run_policy.active_deadline_seconds
-    start = parse_time(st.get("startTime"))
+    start = parse_time(st.status.start_time)
     if deadline is None or start is None:
         return False
     left = start.timestamp() + deadline - st.now.timestamp()
@@ -226,7 +227,7 @@ def _past_deadline(st: StatusBuilder, plan: Plan, spec: GanTrainingJobSpec, obse
 
 
 def _over_budget(st: StatusBuilder, plan: Plan, spec: GanTrainingJobSpec, observed: Observed,
-                 verdict: budget.BudgetVerdict, cost: Any) -> bool:
+                 verdict: budget.BudgetVerdict, cost: CostFigures) -> bool:
     """The budget guard: one warning at the warning fraction; at 100 % the pods checkpoint and stop."""
     if verdict.warn and not st.is_("BudgetWarning"):
         text = verdict.describe(spec, cost)
@@ -277,7 +278,7 @@ def _outcome(
                                      total_steps=spec.training.steps, record=observed.record)
     if outcome.kind == "succeeded" and observed.record is None and observed.record_error is not None:
         # Success and "stopped early by SIGTERM" look alike but for latest.json's step: wait for the store.
-        st.data["message"] = f"every replica finished; waiting for the object store ({observed.record_error})"
+        st.status.message = f"every replica finished; waiting for the object store ({observed.record_error})"
         plan.wake_in(policy.resync_seconds)
         return
     if outcome.kind in ("missing", "queued", "pending"):
@@ -289,10 +290,10 @@ def _outcome(
     elif outcome.kind == "running":
         if st.condition("Running", True, "PodsRunning", f"attempt {attempt} is running") or st.phase != "Running":
             st.event("Normal", "Running", f"attempt {attempt} is running" + (
-                f" (resuming from step {st.get('step')})" if attempt > 1 and st.get("step") else ""))
+                f" (resuming from step {st.status.step})" if attempt > 1 and st.status.step else ""))
         st.set_phase("Running", f"attempt {attempt} is running")
     elif outcome.kind == "succeeded":
-        step = st.get("step")
+        step = st.status.step
         message = f"training finished at step {step}" if step is not None else "training finished"
         st.condition("Succeeded", True, "Completed", message)
         st.condition("Running", False, "Completed", message)
@@ -311,21 +312,21 @@ def _after_fault(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTraining
                              backoff_limit=spec.run_policy.backoff_limit)
     assert decision is not None
     restarts = {"preemptions": decision.preemptions, "failures": decision.failures}
-    st.data["restarts"] = dict(restarts)
+    _set_restarts(st, restarts)
     if decision.action == "fail":
         st.condition("Failed", True, decision.reason, decision.message)
         st.condition("Running", False, decision.reason, decision.message)
         st.set_phase("Failed", decision.message)
         st.event("Warning", decision.reason, decision.message)
         return
-    resume = st.get("lastCheckpoint") or {}
+    resume = st.status.last_checkpoint
     st.event("Warning", decision.reason, decision.message)
     st.condition("Running", False, "Relaunching", decision.message)
     st.set_phase("Pending", decision.message)
     _stop_job(plan, observed, decision.reason)
     attempt = _next_attempt(st, attempt)
     st.event("Normal", "Relaunched", f"attempt {attempt} launched" + (
-        f", resuming from step {resume.get('step')}" if resume.get("step") is not None else ""))
+        f", resuming from step {resume.step}" if resume is not None else ""))
     _launch(st, plan, job, spec, attempt, restarts, observed)
     plan.wake_in(WAIT_SECONDS)
 
@@ -334,10 +335,10 @@ def _launch(
     st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTrainingJobSpec, attempt: int, restarts: dict[str, int],
     observed: Observed,
 ) -> None:
-    resume = (st.get("lastCheckpoint") or {}).get("uri")
+    resume = st.status.last_checkpoint.uri if st.status.last_checkpoint is not None else None
     plan.actions.append(EnsureChildren(attempt, dict(restarts), resume))
-    if st.get("startTime") is None:
-        st.data["startTime"] = format_time(st.now)
+    if st.status.start_time is None:
+        st.status.start_time = format_time(st.now)
     if st.condition("Created", True, "ChildrenCreated", f"Job {job.name} (attempt {attempt})"):
         st.event("Normal", "Created", f"created the job file ConfigMap and Job {job.name}"
                  + (" with its headless Service" if spec.resources.replicas > 1 else ""))
@@ -353,7 +354,7 @@ def _finished(
     if st.phase in ("Failed", "BudgetExceeded"):
         _stop_job(plan, observed, f"job {st.phase}", only_if_live=True)
     ttl = spec.run_policy.ttl_seconds_after_finished
-    done = parse_time(st.get("completionTime"))
+    done = parse_time(st.status.completion_time)
     if ttl is not None and done is not None:
         left = done.timestamp() + ttl - st.now.timestamp()
         if left <= 0:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus, PromotionCounts
 from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
 from ganops.operator.conditions import Event, StatusBuilder
 from ganops.operator.observe import format_time, parse_time
@@ -40,12 +40,12 @@ def plan_promotion(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTraini
     if not manual and not auto_due:
         return
     if st.is_("Promoted", "Unknown"):  # the registry was unavailable: retry, but not on every event
-        tried = parse_time(st.get("promotionAttemptedAt"))
+        tried = parse_time(st.status.promotion_attempted_at)
         if tried is not None and (st.now - tried).total_seconds() < PROMOTION_RETRY_SECONDS:
             plan.wake_in(PROMOTION_RETRY_SECONDS - (st.now - tried).total_seconds())
             return
     clear = ANNOTATION_PROMOTE if manual else None
-    if not (st.get("lastCheckpoint") or {}).get("uri"):
+    if st.status.last_checkpoint is None or not st.status.last_checkpoint.uri:
         st.condition("Promoted", False, "NoCheckpoint", "there is no checkpoint to promote")
         st.event("Warning", "PromotionRejected", "there is no checkpoint to promote")
         if clear:
@@ -76,25 +76,21 @@ class PromotionOutcome:
     metrics: Mapping[str, float] = field(default_factory=dict)  # recorded on the version (promoted, rolled back)
 
 
-def _count_promotion(st: StatusBuilder, outcome: str) -> None:
+def _count_promotion(st: StatusBuilder, outcome: Literal["promoted", "rejected"]) -> None:
     """`status.promotions` counts decisions by outcome (the operator's promotions counter reads it)."""
-    raw = st.get("promotions")
-    counts = {key: int(raw.get(key) or 0) for key in ("promoted", "rejected")} if isinstance(raw, Mapping) else {
-        "promoted": 0, "rejected": 0}
+    counts = (st.status.promotions or PromotionCounts()).model_dump()
     counts[outcome] += 1
-    st.data["promotions"] = counts
+    st.status.promotions = PromotionCounts(promoted=counts["promoted"], rejected=counts["rejected"])
 
 
 def _set_promoted(st: StatusBuilder, version: str | None, metrics: Mapping[str, float]) -> None:
-    st.data["promotedVersion"] = version
-    if metrics:
-        st.data["promotedMetrics"] = dict(metrics)
-    else:
-        st.data.pop("promotedMetrics", None)  # unknown for this version: never show another version's figures
+    st.status.promoted_version = version
+    # Unknown for this version: never show another version's figures.
+    st.status.promoted_metrics = dict(metrics) if metrics else None
 
 
-def apply_promotion(status: Mapping[str, Any], result: PromotionOutcome, now: dt.datetime) -> tuple[dict[str, Any],
-                                                                                                    list[Event]]:
+def apply_promotion(status: GanTrainingJobStatus, result: PromotionOutcome, now: dt.datetime) -> tuple[
+        GanTrainingJobStatus, list[Event]]:
     """Fold the outcome of a Promote / Rollback action into the status."""
     st = StatusBuilder(status, now)
     target = f"{result.model}@{result.alias}"
@@ -104,14 +100,14 @@ def apply_promotion(status: Mapping[str, Any], result: PromotionOutcome, now: dt
         st.condition_off("PromotionRejected", "Promoted", "")
         _set_promoted(st, result.version, result.metrics)
         _count_promotion(st, "promoted")
-        st.data.pop("promotionAttemptedAt", None)
+        st.status.promotion_attempted_at = None
         st.event("Normal", "Promoted", message)
     elif result.kind == "rejected":
         message = f"{target} not moved: {result.message} (registered as rejected version {result.version})"
         st.condition("PromotionRejected", True, "GateFailed", message)
         st.condition("Promoted", False, "GateFailed", message)
         _count_promotion(st, "rejected")
-        st.data.pop("promotionAttemptedAt", None)
+        st.status.promotion_attempted_at = None
         st.event("Warning", "PromotionRejected", message)
     elif result.kind == "rolled_back":
         message = f"{target} rolled back to version {result.version}"
@@ -122,11 +118,11 @@ def apply_promotion(status: Mapping[str, Any], result: PromotionOutcome, now: dt
         message = f"{target} not moved yet: {result.message}; retrying"
         if st.condition("Promoted", "Unknown", "RegistryUnavailable", message):
             st.event("Warning", "RegistryUnavailable", message)
-        st.data["promotionAttemptedAt"] = format_time(now)
+        st.status.promotion_attempted_at = format_time(now)
     elif result.kind in ("rollback_failed", "rollback_unavailable"):
         st.event("Warning", "RollbackFailed", f"{target} not rolled back: {result.message}")
     else:
         message = f"{target} not moved: {result.message}"
         st.condition("Promoted", False, "RegistryError", message)
         st.event("Warning", "PromotionFailed", message)
-    return st.data, st.events
+    return st.status, st.events
