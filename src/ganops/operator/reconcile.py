@@ -44,8 +44,9 @@ def _set_restarts(st: StatusBuilder, restarts: Mapping[str, int]) -> None:
     st.status.restarts = Restarts(preemptions=restarts["preemptions"], failures=restarts["failures"])
 
 
-
 def reconcile(job: JobInput, observed: Observed, now: dt.datetime, policy: Policy | None = None) -> Plan:
+    """The decision: from the job (with its typed status) and what was observed, the new status, the Events and
+    the actions."""
     policy = policy or Policy()
     st = StatusBuilder(job.status, now)
     status = st.status
