@@ -12,9 +12,11 @@ from typing import Final
 # ------------------------------------------------------------------------------------------------ Kubernetes
 
 API_GROUP: Final = "ganops.io"
-API_VERSION: Final = "ganops.io/v1alpha1"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{API_GROUP}/{VERSION}"  # the apiVersion field of a GanTrainingJob
 KIND: Final = "GanTrainingJob"
 PLURAL: Final = "gantrainingjobs"
+SHORT_NAME: Final = "gtj"
 
 LABEL_JOB: Final = "ganops.io/job"  # on every child of a job: its name
 LABEL_ATTEMPT: Final = "ganops.io/attempt"  # on the Job and its pods: the attempt number

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,8 @@ import pytest
 
 from ganops import storage, tracking
 from ganops.api.crd import build_crd
-from ganops.operator.observe import latest_uri
+from ganops.checkpoints import latest_uri
+from ganops.operator import metrics
 from tests.support.jobs import grid_job
 from tests.support.kube import KopfRunner, KopfRunnerFactory, KubeAPI
 from tests.support.kube.workloads import complete_job, job_pods, start_job_pods, terminate_pod
@@ -80,6 +80,18 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 def reasons(kube: KubeAPI, name: str) -> list[str]:
     return [event.reason for event in kube.events(NS, involved_name=name)]
+
+
+def reconciles() -> float:
+    """Reconciles the operator (in this process) has finished: its `ganops_operator_reconcile_seconds` count."""
+    return metrics.REGISTRY.get_sample_value("ganops_operator_reconcile_seconds_count") or 0.0
+
+
+def wait_reconciles(kube: KubeAPI, more: int, timeout: float = 10.0) -> None:
+    """Wait until the operator has finished `more` reconciles after now. A reconcile's Events are queued before the
+    loop starts the next one, so after `more` + 1 of them, what `more` reconciles did is all on its way."""
+    target = reconciles() + more + 1
+    kube.wait_for(lambda: reconciles() >= target, timeout=timeout, message=f"{more} more reconciles")
 
 
 def write_latest(checkpoints: str, name: str, step: int, **extra: Any) -> dict[str, Any]:
@@ -338,39 +350,53 @@ def test_budget_warns_at_80_percent_and_stops_the_job_at_100(
                          "BudgetWarning")
     assert status["phase"] == "Running" and status["cost"]["usd"] == pytest.approx(8.5)
     kube_api.wait_for(lambda: "BudgetWarning" in reasons(kube_api, "thrifty"))
-    time.sleep(float(RESYNC) * 3)  # several resyncs at 85 %: still one warning
+    # The trainer checkpoints again, still over 80 %: once the operator has read it (status.step) and reconciled
+    # a few more times at 86 %, there is still one warning.
+    write_latest(checkpoints, "thrifty", 6, cost={"usd": 8.6, "gpuHours": 4.3})
+    wait_status(kube_api, "thrifty", lambda s: s.get("step") == 6, "the step-6 record read")
+    wait_reconciles(kube_api, 3)
     assert reasons(kube_api, "thrifty").count("BudgetWarning") == 1
 
-    write_latest(checkpoints, "thrifty", 6, cost={"usd": 10.4, "gpuHours": 5.2})
+    write_latest(checkpoints, "thrifty", 7, cost={"usd": 10.4, "gpuHours": 5.2})
     status = wait_status(kube_api, "thrifty", lambda s: s.get("phase") == "BudgetExceeded", "BudgetExceeded")
     assert condition(status, "BudgetExceeded")["status"] == "True" and status["completionTime"]
     kube_api.wait_for(lambda: the_job(kube_api, "thrifty") is None, message="the pods are stopped")
-    assert "BudgetExceeded" in reasons(kube_api, "thrifty")
+    kube_api.wait_for(lambda: "BudgetExceeded" in reasons(kube_api, "thrifty"))
+    # Events are posted in order: every reconcile before BudgetExceeded has posted what it had to.
+    assert reasons(kube_api, "thrifty").count("BudgetWarning") == 1
 
     # Raising the budget resumes the job from its checkpoint.
     kube_api.patch(GTJ, "GanTrainingJob", NS, "thrifty", {"spec": {"budget": {"maxCostUSD": 50.0}}})
     kube_api.wait_for(lambda: attempt_of(kube_api, "thrifty") == 2, message="resumed after the budget was raised")
 
 
-def test_cost_accrues_from_observed_gpu_time(kube_api: KubeAPI, operator: KopfRunner) -> None:
+def test_cost_accrues_from_observed_gpu_time(kube_api: KubeAPI, operator: KopfRunner, checkpoints: str) -> None:
     kube_api.create(gtj("meter", resources={"replicas": 2, "gpusPerReplica": 2},
                         budget={"maxGPUHours": 3.0, "pricePerGPUHour": 1.0}))
     kube_api.wait_for(lambda: the_job(kube_api, "meter"))
-    # Two pods × 2 GPUs running for 30 minutes = 2 GPU-hours (67 %); 45 minutes = 3 GPU-hours: over budget.
-    start_job_pods(kube_api, NS, "meter", started_at=dt.datetime.now(tz=dt.UTC) - dt.timedelta(minutes=30))
-    # The pods start one after the other: the operator may first see one of them (1 GPU-hour); wait for both.
-    status = wait_status(kube_api, "meter", lambda s: s.get("phase") == "Running"
-                         and (s.get("cost") or {}).get("gpuHours", 0) > 1.5, "Running with both pods' GPU time")
-    assert status["cost"]["gpuHours"] == pytest.approx(2.0, abs=0.01) and status["cost"]["usd"] == pytest.approx(
-        2.0, abs=0.01)
+    # Both pods ran for exactly 30 minutes (the start and finish times the kubelet records): 2 pods × 2 GPUs ×
+    # 0.5 h = 2 GPU-hours (67 %), whenever the operator looks. They exit 0 short of the last step (a SIGTERM
+    # checkpoint at step 10 of 20): a free relaunch, with those 2 GPU-hours banked.
+    finished = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    write_latest(checkpoints, "meter", 10)
+    for pod in start_job_pods(kube_api, NS, "meter", phase="Pending"):
+        terminate_pod(kube_api, NS, pod, exit_code=0, started_at=finished - dt.timedelta(minutes=30),
+                      finished_at=finished)
+    status = wait_status(kube_api, "meter", lambda s: s.get("attempt") == 2, "relaunched after the SIGTERM checkpoint")
+    assert status["cost"] == {"gpuHours": 2.0, "usd": 2.0}
+    assert status["accounting"] == {"attempt": 2, "bankedGpuSeconds": 7200.0, "pods": {}}
     assert condition(status, "BudgetWarning") == {}
-    for pod in job_pods(kube_api, NS, "meter"):
-        kube_api.patch_status("v1", "Pod", NS, pod["metadata"]["name"], {
-            "containerStatuses": [{"name": "trainer", "ready": True, "restartCount": 0, "image": "t", "imageID": "",
-                                   "state": {"running": {"startedAt": (dt.datetime.now(tz=dt.UTC) - dt.timedelta(
-                                       minutes=46)).strftime("%Y-%m-%dT%H:%M:%SZ")}}}]})
+
+    # The next attempt's two pods have been running for 20 minutes: 1.33 GPU-hours more, over the 3 GPU-hour budget
+    # (one pod alone, 0.67 GPU-hours, is not).
+    kube_api.wait_for(lambda: attempt_of(kube_api, "meter") == 2, message="attempt 2's Job")
+    start_job_pods(kube_api, NS, "meter", started_at=dt.datetime.now(tz=dt.UTC) - dt.timedelta(minutes=20))
     status = wait_status(kube_api, "meter", lambda s: s.get("phase") == "BudgetExceeded", "BudgetExceeded")
-    assert status["cost"]["gpuHours"] >= 3.0
+    accounting = status["accounting"]
+    assert accounting["bankedGpuSeconds"] == 7200.0 and len(accounting["pods"]) == 2
+    # The cost is the GPU time observed: what was banked plus each running pod's (rounded to the millisecond).
+    assert status["cost"]["gpuHours"] == pytest.approx((7200.0 + sum(accounting["pods"].values())) / 3600, abs=1e-6)
+    assert status["cost"]["gpuHours"] >= 3.0 and status["cost"]["usd"] == status["cost"]["gpuHours"]
 
 
 # ------------------------------------------------------------------------------------------------ promotion
@@ -437,7 +463,7 @@ def test_an_invalid_spec_gets_invalid_spec_and_no_retry_storm(kube_api: KubeAPI,
     assert "spec.training.stepz is not a known field" in message and "did you mean 'steps'?" in message
     assert "spec.training.batchSize must be >= 1" in message
     kube_api.wait_for(lambda: [e.type for e in kube_api.events(NS, involved_name="broken")] == ["Warning"])
-    time.sleep(float(RESYNC) * 5)  # several resyncs later: nothing new
+    wait_reconciles(kube_api, 2, timeout=20)  # two resyncs later (a finished job's come every 10 × 0.3 s): nothing new
     status_writes = [r for r in kube_api.requests("PATCH", "gantrainingjobs", "broken") if r.subresource == "status"]
     assert len(status_writes) == 1 and len(kube_api.events(NS, involved_name="broken")) == 1
     assert the_job(kube_api, "broken") is None and kube_api.requests("POST", "configmaps") == []

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ganops import storage
 from ganops.api.crd import build_crd
-from ganops.operator.observe import latest_uri
+from ganops.checkpoints import latest_uri
 from tests.support.jobs import grid_job, write_job
 from tests.support.kube import KopfRunner, KopfRunnerFactory, KubeAPI
 from tests.support.kube.workloads import complete_job, start_job_pods, terminate_pod

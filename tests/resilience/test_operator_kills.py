@@ -14,7 +14,7 @@ import pytest
 
 from ganops import storage
 from ganops.api.crd import build_crd
-from ganops.operator.observe import latest_uri
+from ganops.checkpoints import latest_uri
 from tests.resilience.report import FULL
 from tests.support.jobs import grid_job
 from tests.support.kube import KopfProcess, KopfProcessFactory, KubeAPI

@@ -51,6 +51,20 @@ def test_schema_is_structural() -> None:
             assert isinstance(node["exclusiveMinimum"], bool), path
 
 
+def test_status_schema_is_explicit() -> None:
+    """Every status field the operator writes is declared; nothing under status keeps unknown fields (the API
+    server prunes them, and `GanTrainingJobStatus` refuses them)."""
+    status = SCHEMA["properties"]["status"]
+    assert not any(node.get("x-kubernetes-preserve-unknown-fields") for _, node in _walk(status))
+    assert set(status["properties"]) == {
+        "phase", "conditions", "observedGeneration", "attempt", "step", "lastCheckpoint", "bestCheckpoint", "metrics",
+        "restarts", "cost", "accounting", "mlflowRunId", "promotedVersion", "promotedMetrics", "promotions",
+        "promotionAttemptedAt", "startTime", "completionTime", "message",
+    }
+    assert set(status["properties"]["accounting"]["properties"]) == {"attempt", "bankedGpuSeconds", "pods"}
+    assert set(status["properties"]["promotions"]["properties"]) == {"promoted", "rejected"}
+
+
 def test_printer_columns_and_names() -> None:
     crd = build_crd()
     version = crd["spec"]["versions"][0]

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+from collections.abc import Awaitable
 from typing import Any
 
-from ganops.operator.controller import Controller, JobMemory, Snapshot
+import pytest
+
+from ganops.operator import controller as controller_module
+from ganops.operator.controller import ERROR_BACKOFF, Controller, JobMemory, Runtime, Snapshot
 from ganops.operator.kube import KubeError
 from ganops.operator.observe import JobView, PodView
 from ganops.operator.settings import OperatorConfig
@@ -107,3 +113,39 @@ def test_relaunch_deletes_the_old_job_by_uid_in_the_foreground() -> None:
     assert kube.calls[0][2] == {"uid": "j-1", "propagation": "Foreground"}
     job = next(obj for method, kind, obj in kube.calls if kind == "Job")
     assert job["metadata"]["labels"]["ganops.io/attempt"] == "2"
+
+
+def test_reconcile_errors_back_off_from_one_second_to_a_minute() -> None:
+    assert [ERROR_BACKOFF.delay(failures - 1) for failures in range(1, 10)] == [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    assert ERROR_BACKOFF.delay(10_000) == 60.0
+
+
+def test_the_jobs_loop_waits_the_backoff_after_each_failed_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Runtime.run_job` against a controller that always raises: the waits between its tries are the backoff."""
+    waits: list[float] = []
+
+    class Stopped:
+        def __bool__(self) -> bool:
+            return len(waits) >= 8
+
+    async def no_wait(awaitable: Awaitable[Any], timeout: float) -> None:
+        waits.append(timeout)
+        close = getattr(awaitable, "close", None)
+        if close is not None:
+            close()  # the kick's wait coroutine, never awaited
+        raise TimeoutError
+
+    def failing(snap: Snapshot, memory: JobMemory) -> None:
+        raise RuntimeError("the API is away")
+
+    monkeypatch.setattr(controller_module.asyncio, "wait_for", no_wait)
+    runtime = Runtime(OperatorConfig(metrics_port=0), FakeKube())  # type: ignore[arg-type]
+    monkeypatch.setattr(runtime.controller, "reconcile", failing)
+    body = {"metadata": {"namespace": "team-a", "name": "gan", "uid": "u-1", "generation": 1}, "spec": {}}
+    try:
+        asyncio.run(runtime.run_job(body=body, stopped=Stopped(), logger=logging.getLogger("test"),
+                                    jobs_index={}, pods_index={}))
+    finally:
+        runtime.close()
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0]

@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from ganops.checkpoints import LatestRecord
 from ganops.operator.faults import attempt_outcome, decide, pod_fate
-from ganops.operator.observe import JobView, PodView, Record
+from ganops.operator.observe import JobView, PodView
 
 
 def pod(phase: str = "Running", **kw: Any) -> PodView:
@@ -45,7 +46,7 @@ JOB = JobView(name="j", attempt=1, uid="u")
 
 def test_attempt_outcomes() -> None:
     def outcome(job: JobView | None, pods: list[PodView], step: int | None = None, replicas: int = 1) -> Any:
-        record = Record(step=step, uri="s3://x") if step is not None else None
+        record = LatestRecord(step=step, uri="s3://x") if step is not None else None
         return attempt_outcome(job, pods, replicas=replicas, total_steps=100, record=record)
 
     assert outcome(None, []).kind == "missing"

@@ -15,11 +15,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ganops import storage
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
+from ganops.checkpoints import LatestRecord, read_latest_record
 from ganops.operator import metrics as M
-from ganops.operator import status as S
-from ganops.operator.observe import JobView, PodView, Record, read_record
+from ganops.operator import reconcile as R
+from ganops.operator.conditions import PHASES
+from ganops.operator.observe import JobView, PodView
+from ganops.operator.plan import JobInput, Observed
+from ganops.operator.progress import HEALTH_CONDITIONS
 from ganops.operator.promotion import version_metrics
+from ganops.operator.registry import PromotionOutcome, apply_promotion
 from ganops.trainer import health
 from ganops.trainer.checkpoint import CheckpointManager
 from tests.support.jobs import as_job, grid_job
@@ -103,7 +108,7 @@ def test_rendered_names_and_labels_are_the_contracts() -> None:
     status = {"phase": "Running", "restarts": {"preemptions": 1}, "cost": {"usd": 2.0, "gpuHours": 1.0},
               "promotedVersion": "3", "promotedMetrics": {"fid": 9.5}}
     got = render(M.job_series("ml", "gan", spec_of(budget={"maxCostUSD": 5.0}), status))
-    for phase in S.PHASES:
+    for phase in PHASES:
         assert got[("ganops_operator_job_phase", labels(phase=phase))] == (1.0 if phase == "Running" else 0.0)
     assert got[("ganops_operator_job_restarts_total", labels(kind="preemption"))] == 1.0
     assert got[("ganops_operator_job_restarts_total", labels(kind="failure"))] == 0.0
@@ -147,23 +152,24 @@ def test_the_operators_registry_carries_the_job_series() -> None:
 
 
 def test_promotion_outcomes_are_counted_in_status_and_quality_follows_the_promoted_version() -> None:
-    st: dict[str, Any] = {"phase": "Succeeded"}
-    st, _ = S.apply_promotion(st, S.PromotionResult("rejected", "m", "production", "1", "fid 50 > maxFID 40",
+    st = GanTrainingJobStatus(phase="Succeeded")
+    st, _ = apply_promotion(st, PromotionOutcome("rejected", "m", "production", "1", "fid 50 > maxFID 40",
                                                     metrics={"fid": 50.0}), NOW)
-    assert st["promotions"] == {"promoted": 0, "rejected": 1} and "promotedMetrics" not in st
-    st, _ = S.apply_promotion(st, S.PromotionResult("promoted", "m", "production", "2", "passed",
+    assert st.to_wire()["promotions"] == {"promoted": 0, "rejected": 1} and "promotedMetrics" not in st.to_wire()
+    st, _ = apply_promotion(st, PromotionOutcome("promoted", "m", "production", "2", "passed",
                                                     metrics={"fid": 30.0, "recall": 0.5}), NOW)
-    assert st["promotions"] == {"promoted": 1, "rejected": 1}
-    assert st["promotedVersion"] == "2" and st["promotedMetrics"] == {"fid": 30.0, "recall": 0.5}
-    st, _ = S.apply_promotion(st, S.PromotionResult("unavailable", "m", "production", message="down"), NOW)
-    assert st["promotions"] == {"promoted": 1, "rejected": 1}  # not a decision
+    assert st.to_wire()["promotions"] == {"promoted": 1, "rejected": 1}
+    assert st.to_wire()["promotedVersion"] == "2" and st.to_wire()["promotedMetrics"] == {"fid": 30.0, "recall": 0.5}
+    st, _ = apply_promotion(st, PromotionOutcome("unavailable", "m", "production", message="down"), NOW)
+    assert st.to_wire()["promotions"] == {"promoted": 1, "rejected": 1}  # not a decision
     # A rollback is not a promotion decision; the quality shown is the version rolled back to, or none.
-    st, _ = S.apply_promotion(st, S.PromotionResult("rolled_back", "m", "production", "1", metrics={"fid": 50.0}),
+    st, _ = apply_promotion(st, PromotionOutcome("rolled_back", "m", "production", "1", metrics={"fid": 50.0}),
                               NOW)
-    assert st["promotions"] == {"promoted": 1, "rejected": 1} and st["promotedMetrics"] == {"fid": 50.0}
-    st, _ = S.apply_promotion(st, S.PromotionResult("rolled_back", "m", "production", "0"), NOW)
-    assert st["promotedVersion"] == "0" and "promotedMetrics" not in st
-    s = M.job_series("ml", "gan", spec_of(), st)
+    assert st.to_wire()["promotions"] == {"promoted": 1, "rejected": 1}
+    assert st.to_wire()["promotedMetrics"] == {"fid": 50.0}
+    st, _ = apply_promotion(st, PromotionOutcome("rolled_back", "m", "production", "0"), NOW)
+    assert st.to_wire()["promotedVersion"] == "0" and "promotedMetrics" not in st.to_wire()
+    s = M.job_series("ml", "gan", spec_of(), st.to_wire())
     assert s.version == "0" and s.quality == {} and s.promotions == {"promoted": 1, "rejected": 1}
 
 
@@ -179,16 +185,16 @@ def test_reconcile_restarts_reach_the_series() -> None:
     running = {"phase": "Running", "attempt": 1, "startTime": "2025-01-01T11:00:00Z",
                "restarts": {"preemptions": 0, "failures": 0}}
     preempted = PodView("gan-0", 1, 0, "Failed", disruption="PreemptionByScheduler", exit_code=143)
-    plan = S.reconcile(S.JobInput("gan", "ml", "u", 1, spec, running),
-                       S.Observed(job=JobView("gan", 1, "j1", failed=1), pods=(preempted,)), NOW)
-    s = M.job_series("ml", "gan", spec, plan.status)
+    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec, GanTrainingJobStatus.from_wire(running)),
+                       Observed(job=JobView("gan", 1, "j1", failed=1), pods=(preempted,)), NOW)
+    s = M.job_series("ml", "gan", spec, plan.status.to_wire())
     assert s.restarts == {"preemption": 1, "failure": 0} and s.phase == "Pending"
 
 
 # ------------------------------------------------------------------------------------------------ trainer health
 
 
-def _trainer_record(tmp_path: Path, events: list[dict[str, Any]], rollbacks: int) -> Record:
+def _trainer_record(tmp_path: Path, events: list[dict[str, Any]], rollbacks: int) -> LatestRecord:
     """latest.json written by the trainer's own CheckpointManager with its HealthRecord, read back by the
     operator's reader."""
     record = health.HealthRecord(rollbacks=rollbacks)
@@ -197,7 +203,7 @@ def _trainer_record(tmp_path: Path, events: list[dict[str, Any]], rollbacks: int
     root = f"file://{tmp_path}/ml/gan"
     weights = {name: {"w": torch.zeros(2)} for name in ("generator", "generator_ema", "discriminator")}
     CheckpointManager(root).save(40, weights, {"step": 40}, info={"health": record.checkpoint_info()})
-    parsed = read_record(storage.open_store(root), f"{root}/latest.json")
+    parsed = read_latest_record(storage.open_store(root), f"{root}/latest.json")
     assert parsed is not None
     return parsed
 
@@ -211,19 +217,19 @@ def test_every_trainer_health_event_type_becomes_its_own_condition(tmp_path: Pat
     record = _trainer_record(tmp_path, events, rollbacks=2)
     spec = spec_of(training={"steps": 100})
     running = {"phase": "Running", "attempt": 1, "startTime": "2025-01-01T11:00:00Z"}
-    observed = S.Observed(job=JobView("gan", 1, "j1", active=1), pods=(PodView("gan-0", 1, 0, "Running"),),
+    observed = Observed(job=JobView("gan", 1, "j1", active=1), pods=(PodView("gan-0", 1, 0, "Running"),),
                           record=record)
-    plan = S.reconcile(S.JobInput("gan", "ml", "u", 1, spec, running), observed, NOW)
-    conditions = {c["type"]: c for c in plan.status["conditions"]}
+    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec, GanTrainingJobStatus.from_wire(running)), observed, NOW)
+    conditions = {c["type"]: c for c in plan.status.to_wire()["conditions"]}
     assert conditions["ModeCollapseSuspected"]["message"] == "mode collapse suspected at step 10: diversity 0.05×"
     assert conditions["DiscriminatorOverpowering"]["message"] == "discriminator overpowering at step 12: accuracy 1.0"
     # two rollbacks - the Diverged event is not a third one
     assert conditions["DivergenceRollback"]["message"] == "2 divergence rollback(s), last at step 30: loss_d is nan"
     assert conditions["Diverged"]["message"] == "training diverged at step 35: gave up"
-    assert all(conditions[t]["reason"] == "TrainerHealthCheck" for t in S.HEALTH_CONDITIONS)
-    assert sorted(e.reason for e in plan.events if e.type == "Warning") == sorted(S.HEALTH_CONDITIONS)
+    assert all(conditions[t]["reason"] == "TrainerHealthCheck" for t in HEALTH_CONDITIONS)
+    assert sorted(e.reason for e in plan.events if e.type == "Warning") == sorted(HEALTH_CONDITIONS)
 
-    again = S.reconcile(S.JobInput("gan", "ml", "u", 1, spec, plan.status), observed, NOW)
+    again = R.reconcile(JobInput("gan", "ml", "u", 1, spec, plan.status), observed, NOW)
     assert [e for e in again.events if e.type == "Warning"] == []  # nothing changed: no repeated Events
 
 
@@ -233,7 +239,8 @@ def test_the_rollback_count_survives_the_trainers_event_window(tmp_path: Path) -
     events.append(health.health_event(health.ROLLBACK, 50, "|loss_g| > 1e4"))
     record = _trainer_record(tmp_path, events, rollbacks=3)
     assert len(record.health_events) == 10 and record.rollbacks == 3
-    plan = S.reconcile(S.JobInput("gan", "ml", "u", 1, spec_of(), {"phase": "Running", "attempt": 1}),
-                       S.Observed(job=JobView("gan", 1, "j1", active=1), record=record), NOW)
-    rollback = next(c for c in plan.status["conditions"] if c["type"] == "DivergenceRollback")
+    running = GanTrainingJobStatus.from_wire({"phase": "Running", "attempt": 1})
+    plan = R.reconcile(JobInput("gan", "ml", "u", 1, spec_of(), running),
+                       Observed(job=JobView("gan", 1, "j1", active=1), record=record), NOW)
+    rollback = next(c for c in plan.status.to_wire()["conditions"] if c["type"] == "DivergenceRollback")
     assert rollback["message"].startswith("3 divergence rollback(s), last at step 50")

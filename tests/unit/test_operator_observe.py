@@ -1,30 +1,20 @@
-"""Views of pods, Jobs and latest.json (`ganops.operator.observe`), budget accrual, gates, merge patches."""
+"""Views of pods and Jobs (`ganops.operator.observe`), budget accrual, gates, merge patches."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from ganops import storage
 from ganops.api.loader import spec_from_object
+from ganops.api.spec import Cost, GanTrainingJobStatus
+from ganops.checkpoints import LatestRecord
 from ganops.operator import budget
 from ganops.operator.controller import merge_patch
-from ganops.operator.observe import (
-    JobView,
-    PodView,
-    Record,
-    RecordUnavailable,
-    job_view,
-    latest_uri,
-    parse_record,
-    parse_time,
-    pod_view,
-    read_record,
-)
+from ganops.operator.observe import JobView, PodView, job_view, parse_time, pod_view
 from tests.support.jobs import grid_job
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -73,44 +63,6 @@ def test_job_view_reads_conditions_and_launch_counters() -> None:
         {"type": "Complete", "status": "True"}]}}).complete
 
 
-def test_parse_record_is_tolerant() -> None:
-    full = parse_record({
-        "step": 500, "uri": "s3://b/r/step-000000500", "time": "t", "manifestSha256": "ab", "metric": 12.5,
-        "cost": {"usd": 1.5, "gpuHours": 0.5}, "metrics": {"fid": 12.5, "bad": "x", "nan": float("nan")},
-        "mlflowRunId": "r1", "health": {"events": [{"type": "mode_collapse", "step": 400, "message": "m"}, "nan_loss",
-                                                  {"no": "type"}], "rollbacks": [{"step": 1}, {"step": 2}]},
-        "unknownFutureField": True,
-    })
-    assert full is not None
-    assert (full.step, full.metric, full.cost_usd, full.cost_gpu_hours) == (500, 12.5, 1.5, 0.5)
-    assert full.metrics == {"fid": 12.5} and full.mlflow_run_id == "r1" and full.rollbacks == 2
-    assert [e.type for e in full.health_events] == ["mode_collapse", "nan_loss"]
-    assert parse_record({"step": 1, "uri": "s3://b/x", "health": {"rollbacks": 3}}).rollbacks == 3  # type: ignore
-    bad: Any
-    for bad in (None, [], {"step": "1", "uri": "x"}, {"step": 1}, {"step": True, "uri": "x"}, {"uri": "x"}):
-        assert parse_record(bad) is None
-    minimal = parse_record({"step": 0, "uri": "file:///x", "cost": "free", "metrics": None})
-    assert minimal == Record(step=0, uri="file:///x")
-
-
-def test_read_record_from_a_store(tmp_path: Path) -> None:
-    uri = latest_uri(f"file://{tmp_path}", "team-a", "j")
-    assert uri == f"file://{tmp_path}/team-a/j/latest.json"
-    store = storage.FileStore()
-    assert read_record(store, uri) is None
-    store.put_json(uri, {"step": 7, "uri": "file:///x/step-000000007"})
-    assert read_record(store, uri) == Record(step=7, uri="file:///x/step-000000007")
-    store.put_bytes(uri, b"{not json")
-    assert read_record(store, uri) is None
-
-    class Down(storage.FileStore):
-        def get_bytes(self, uri: str) -> bytes:
-            raise storage.StorageError("503 SlowDown", uri)
-
-    with pytest.raises(RecordUnavailable):
-        read_record(Down(), uri)
-
-
 def test_parse_time() -> None:
     assert parse_time("2025-01-01T12:00:00Z") == NOW
     assert parse_time("2025-01-01T12:00:00") == NOW
@@ -134,8 +86,12 @@ def test_accrual_keeps_pod_time_and_banks_it_per_attempt() -> None:
     assert acc.gpu_seconds == pytest.approx(2 * 2 * 1800)
     acc = budget.accrue(acc, 2, [_pod("c", 2, 6)], 2, NOW)
     assert acc.banked_gpu_seconds == pytest.approx(7200) and acc.pods == {"c": pytest.approx(720)}
-    assert budget.Accounting.from_wire(acc.as_wire()) == acc
-    assert budget.Accounting.from_wire("junk") == budget.Accounting()
+    assert budget.Accounting.from_status(acc.as_status()) == acc
+    written = GanTrainingJobStatus(accounting=acc.as_status()).to_wire()
+    assert written == {"accounting": {"attempt": 2, "bankedGpuSeconds": 7200.0, "pods": {"c": 720.0}}}
+    assert budget.Accounting.from_status(None) == budget.Accounting()
+    with pytest.raises(ValidationError, match="accounting"):  # junk never reaches the decision: refused at the edge
+        GanTrainingJobStatus.from_wire({"accounting": "junk"})
 
 
 def test_cost_figures_take_the_larger_of_observed_and_reported() -> None:
@@ -144,10 +100,10 @@ def test_cost_figures_take_the_larger_of_observed_and_reported() -> None:
                                              "maxCostUSD": 10, "maxGPUHours": 2})["spec"])
     acc = budget.Accounting(1, 3600.0, {})
     assert budget.figures(spec, acc, None).as_wire() == {"usd": 2.0, "gpuHours": 1.0}
-    reported = Record(step=1, uri="x", cost_usd=9.0, cost_gpu_hours=0.2)
+    reported = LatestRecord(step=1, uri="x", cost_usd=9.0, cost_gpu_hours=0.2)
     figures = budget.figures(spec, acc, reported)
     assert (figures.usd, figures.gpu_hours) == (9.0, 1.0)
-    assert budget.figures(spec, acc, None, {"usd": 11.0, "gpuHours": 0.0}).usd == 11.0  # never goes down
+    assert budget.figures(spec, acc, None, Cost(usd=11.0, gpu_hours=0.0)).usd == 11.0  # never goes down
     verdict = budget.verdict(spec, figures)
     assert verdict.fraction == pytest.approx(0.9) and verdict.warn and not verdict.exceeded
     assert budget.verdict(spec, budget.figures(spec, budget.Accounting(1, 7200.0), None)).exceeded  # 2 GPU-hours

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from ganops.api.loader import JobFileError, dump_job, job_from_object, load_job, parse_yaml, spec_from_object
-from ganops.api.spec import GanTrainingJob
+from ganops.api.spec import GanTrainingJob, GanTrainingJobStatus
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("*.yaml"))
 
@@ -134,9 +135,66 @@ def test_huge_strings_are_bounded() -> None:
     assert lines == ["spec.dataset.uri must be at most 2048 characters long"]
 
 
-def test_status_round_trip_keeps_unknown_fields() -> None:
+# Every field the operator writes, as it writes them (tests/unit/test_operator_reconcile.py drives them one by one).
+FULL_STATUS: dict[str, Any] = {
+    "phase": "Succeeded",
+    "conditions": [{"type": "Promoted", "status": "True", "reason": "Promoted", "message": "m@production → version 2",
+                    "lastTransitionTime": "2025-01-01T12:00:00Z"}],
+    "observedGeneration": 3,
+    "attempt": 2,
+    "step": 20,
+    "lastCheckpoint": {"uri": "s3://b/c/ns/j/step-000000020", "step": 20, "sha256": "ab" * 32,
+                       "time": "2025-01-01T11:59:00Z", "metric": -24.0},
+    "bestCheckpoint": {"uri": "s3://b/c/ns/j/step-000000020", "step": 20, "metric": -24.0},
+    "metrics": {"modes": 24.0},
+    "restarts": {"preemptions": 1, "failures": 0},
+    "cost": {"usd": 1.5, "gpuHours": 0.5},
+    "accounting": {"attempt": 2, "bankedGpuSeconds": 1200.0, "pods": {"j-0-abc": 600.0}},
+    "mlflowRunId": "abc",
+    "promotedVersion": "2",
+    "promotedMetrics": {"modes": 24.0},
+    "promotions": {"promoted": 1, "rejected": 1},
+    "promotionAttemptedAt": "2025-01-01T12:00:00Z",
+    "startTime": "2025-01-01T11:00:00Z",
+    "completionTime": "2025-01-01T12:00:00Z",
+    "message": "training finished at step 20",
+}
+
+
+def test_status_round_trips_exactly_what_the_operator_wrote() -> None:
+    """Read and written again unchanged: the operator's merge patch of an unchanged status is empty."""
+    for status in (FULL_STATUS, {}, {"phase": "Pending", "restarts": {"preemptions": 1}}):
+        assert GanTrainingJobStatus.from_wire(copy.deepcopy(status)).to_wire() == status
     obj = copy.deepcopy(minimal())
-    obj["status"] = {"phase": "Running", "step": 10, "cost": {"usd": 1.5, "gpuHours": 0.5}, "futureField": 1}
+    obj["status"] = copy.deepcopy(FULL_STATUS)
     job = GanTrainingJob.model_validate(obj)
-    assert job.status is not None and job.status.cost.gpu_hours == 0.5
-    assert job.status.model_dump(by_alias=True)["futureField"] == 1
+    assert job.status is not None and job.status.cost.gpu_hours == 0.5 and job.status.accounting is not None
+
+
+def test_status_refuses_unknown_fields() -> None:
+    """A mistyped key is an error, not a silently kept extra (the CRD's status schema is explicit too)."""
+    for bad in ({"futureField": 1}, {"promotedMetric": {"fid": 1.0}}, {"accounting": {"bankedGPUSeconds": 1.0}},
+                {"conditions": [{"type": "Running", "status": "True", "lastTransitionTme": "x"}]}):
+        with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+            GanTrainingJobStatus.from_wire(bad)
+    status = GanTrainingJobStatus()
+    with pytest.raises(ValueError, match="has no field"):
+        status.promotion_attempted = "now"  # type: ignore[attr-defined]
+
+
+def test_salvage_drops_only_the_keys_that_do_not_validate() -> None:
+    """At the operator's edge a hand-edited status loses its bad keys instead of stopping the job's reconciles."""
+    status, dropped = GanTrainingJobStatus.salvage({"phase": "Running", "step": 40, "futureField": 1,
+                                                    "attempt": "two", "cost": {"usd": 1.5}})
+    assert dropped == ["attempt", "futureField"]
+    assert status.phase == "Running" and status.step == 40 and status.cost.usd == 1.5 and status.attempt is None
+    assert GanTrainingJobStatus.salvage(None) == (GanTrainingJobStatus(), [])
+    assert GanTrainingJobStatus.salvage({"phase": "Exploded"})[1] == ["phase"]
+
+
+def test_status_on_the_wire_leaves_out_what_is_unset_or_none() -> None:
+    status = GanTrainingJobStatus.from_wire({"phase": "Succeeded", "completionTime": "t", "promotedMetrics": {"a": 1}})
+    assert status.to_wire() == {"phase": "Succeeded", "completionTime": "t", "promotedMetrics": {"a": 1.0}}
+    status.phase, status.completion_time, status.promoted_metrics = "Pending", None, None
+    status.attempt = 1
+    assert status.to_wire() == {"phase": "Pending", "attempt": 1}  # restarts, cost: defaults nobody set

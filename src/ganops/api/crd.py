@@ -14,15 +14,8 @@ import yaml
 from pydantic import BaseModel
 
 from ganops.api.rules import RULES_BY_MODEL
-from ganops.api.spec import (
-    API_GROUP,
-    API_VERSION,
-    KIND,
-    PLURAL,
-    SHORT_NAME,
-    GanTrainingJobSpec,
-    GanTrainingJobStatus,
-)
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
+from ganops.contracts import API_GROUP, KIND, PLURAL, SHORT_NAME, VERSION
 
 _DROP = {"title", "additionalProperties", "$defs"}
 
@@ -108,8 +101,6 @@ def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[BaseMode
         model = models[owner]
         for prop, default in _defaults_of(model).items():
             out.setdefault("properties", {}).setdefault(prop, {}).setdefault("default", default)
-        if model.model_config.get("extra") == "allow":
-            out["x-kubernetes-preserve-unknown-fields"] = True
         rules = RULES_BY_MODEL.get(owner, [])
         if rules:
             out["x-kubernetes-validations"] = [
@@ -176,7 +167,7 @@ def build_crd() -> dict[str, Any]:
             },
             "versions": [
                 {
-                    "name": API_VERSION,
+                    "name": VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

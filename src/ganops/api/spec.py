@@ -11,17 +11,11 @@ import json
 import types
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from ganops.api.rules import check_rules
-
-API_GROUP = "ganops.io"
-API_VERSION = "v1alpha1"
-KIND = "GanTrainingJob"
-PLURAL = "gantrainingjobs"
-SHORT_NAME = "gtj"
 
 
 def _scalar_kinds(annotation: Any) -> set[Any]:
@@ -220,11 +214,16 @@ class GanTrainingJobSpec(_Wire):
 
 
 # ---------------------------------------------------------------- status
+# Written by the operator only (`ganops.operator.reconcile`), through these models: every field it writes is declared
+# here, so the CRD's status schema is explicit and a mistyped key fails instead of reaching the cluster.
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded"]
+ConditionStatus = Literal["True", "False", "Unknown"]
 
 
 class Condition(_Wire):
     type: str
-    status: Literal["True", "False", "Unknown"]
+    status: ConditionStatus
     reason: str = ""
     message: str = ""
     last_transition_time: str | None = None
@@ -248,23 +247,72 @@ class Cost(_Wire):
     gpu_hours: float = 0.0
 
 
-class GanTrainingJobStatus(_Wire):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+class GpuAccounting(_Wire):
+    attempt: int = 0
+    banked_gpu_seconds: float = 0.0
+    pods: dict[str, float] = Field(default_factory=dict)
 
-    phase: Literal["Pending", "Running", "Suspended", "Succeeded", "Failed", "BudgetExceeded"] | None = None
+
+class PromotionCounts(_Wire):
+    promoted: int = 0
+    rejected: int = 0
+
+
+# On the wire (`to_wire`) only the fields that were read or set appear, and a field set to None is left out (the
+# operator's merge patch then removes it): the status a user sees has exactly the keys the operator gave it.
+class GanTrainingJobStatus(_Wire):
+    phase: Phase | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+    attempt: int | None = Field(None, description="The current attempt (the Job's ganops.io/attempt label).")
     step: int | None = None
     last_checkpoint: CheckpointRef | None = None
     best_checkpoint: CheckpointRef | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
     restarts: Restarts = Field(default_factory=Restarts)
     cost: Cost = Field(default_factory=Cost)
+    accounting: GpuAccounting | None = Field(
+        None, description="The GPU-seconds behind cost: banked from earlier attempts, and per pod of the current one."
+    )
     mlflow_run_id: str | None = None
     promoted_version: str | None = None
+    promoted_metrics: dict[str, float] | None = Field(
+        None, description="Evaluation metrics of the promoted version, as recorded on it in the registry."
+    )
+    promotions: PromotionCounts | None = Field(None, description="Promotion decisions so far, by outcome.")
+    promotion_attempted_at: str | None = Field(None, description="Last try while the registry was unavailable.")
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None
+
+    @classmethod
+    def from_wire(cls, data: Any) -> GanTrainingJobStatus:
+        """The status from the resource (camelCase; an absent status is an empty one). Strict: a key this model
+        does not declare, or a value of the wrong type, is a ValidationError (see `salvage` for the edge)."""
+        return cls.model_validate(data or {})
+
+    @classmethod
+    def salvage(cls, data: Any) -> tuple[GanTrainingJobStatus, list[str]]:
+        """The status from the resource, without the top-level keys that do not validate (a hand edit, or a field
+        of a newer operator), and those keys: one malformed status must not stop its job's reconciles; the operator
+        rewrites what it can observe (the attempt counter is also on the Job, the step in latest.json)."""
+        raw = dict(data) if isinstance(data, dict) else {}
+        dropped: list[str] = []
+        while True:
+            try:
+                return cls.model_validate(raw), dropped
+            except ValidationError as exc:
+                bad = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]} & raw.keys())
+                if not bad:  # pragma: no cover - every error of a dict input is located under one of its keys
+                    return cls(), sorted(raw)
+                for key in bad:
+                    del raw[key]
+                dropped += bad
+
+    def to_wire(self) -> dict[str, Any]:
+        """camelCase, JSON types, without the fields nobody read or set and without those set to None."""
+        wire: dict[str, Any] = self.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+        return wire
 
 
 class ObjectMeta(BaseModel):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from ganops.api.spec import GanTrainingJobSpec
+from ganops.api.spec import Cost, GanTrainingJobSpec, GpuAccounting
+from ganops.checkpoints import LatestRecord
 from ganops.cost import CostFigures, budget_fraction, price_per_gpu_hour
-from ganops.operator.observe import PodView, Record
+from ganops.operator.observe import PodView
 
 
 @dataclass(frozen=True)
@@ -29,23 +29,19 @@ class Accounting:
         return self.banked_gpu_seconds + sum(self.pods.values())
 
     @classmethod
-    def from_wire(cls, raw: Any) -> Accounting:
-        if not isinstance(raw, Mapping):
+    def from_status(cls, recorded: GpuAccounting | None) -> Accounting:
+        """From `status.accounting` (none yet: nothing banked)."""
+        if recorded is None:
             return cls()
-        pods_raw = raw.get("pods")
-        pods = {str(k): float(v) for k, v in pods_raw.items() if isinstance(v, int | float)} if isinstance(
-            pods_raw, Mapping) else {}
-        try:
-            return cls(int(raw.get("attempt", 0)), float(raw.get("bankedGpuSeconds", 0.0)), pods)
-        except (TypeError, ValueError):
-            return cls()
+        return cls(recorded.attempt, recorded.banked_gpu_seconds, dict(recorded.pods))
 
-    def as_wire(self) -> dict[str, Any]:
-        return {
-            "attempt": self.attempt,
-            "bankedGpuSeconds": round(self.banked_gpu_seconds, 3),
-            "pods": {name: round(seconds, 3) for name, seconds in sorted(self.pods.items())},
-        }
+    def as_status(self) -> GpuAccounting:
+        """For `status.accounting`: milliseconds, pods by name."""
+        return GpuAccounting(
+            attempt=self.attempt,
+            banked_gpu_seconds=round(self.banked_gpu_seconds, 3),
+            pods={name: round(seconds, 3) for name, seconds in sorted(self.pods.items())},
+        )
 
 
 def accrue(
@@ -69,8 +65,8 @@ def accrue(
 def figures(
     spec: GanTrainingJobSpec,
     accounting: Accounting,
-    record: Record | None,
-    previous: Mapping[str, Any] | None = None,
+    record: LatestRecord | None,
+    previous: Cost | None = None,
     table: dict[str, float] | None = None,
 ) -> CostFigures:
     """The job's cost: max(observed, the trainer's latest.json, what status already said)."""
@@ -79,9 +75,9 @@ def figures(
     if record is not None:
         gpu_hours = max(gpu_hours, record.cost_gpu_hours or 0.0)
         usd = max(usd, record.cost_usd or 0.0)
-    if previous:
-        gpu_hours = max(gpu_hours, float(previous.get("gpuHours") or 0.0))
-        usd = max(usd, float(previous.get("usd") or 0.0))
+    if previous is not None:
+        gpu_hours = max(gpu_hours, previous.gpu_hours)
+        usd = max(usd, previous.usd)
     return CostFigures(gpu_hours=gpu_hours, usd=usd)
 
 

@@ -20,8 +20,24 @@ from typing import Any
 import kopf
 
 from ganops.api.loader import dump_job
-from ganops.api.spec import API_GROUP, API_VERSION, KIND, GanTrainingJob, GanTrainingJobSpec, ObjectMeta
-from ganops.operator.observe import ANNOTATION_RESTARTS, COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT, LABEL_JOB
+from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec, ObjectMeta
+from ganops.contracts import (
+    ANNOTATION_RESTARTS,
+    ANNOTATION_RESUME_FROM,
+    API_VERSION,
+    COMPLETION_INDEX_ANNOTATION,
+    ENV_CHECKPOINT_URI,
+    ENV_JOB_NAME,
+    ENV_JOB_UID,
+    ENV_METRICS_PORT,
+    ENV_NAMESPACE,
+    ENV_S3_ENDPOINT_URL,
+    ENV_WORK_DIR,
+    KIND,
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    MLFLOW_TRACKING_URI_ENV,
+)
 from ganops.operator.settings import OperatorConfig
 
 JOB_FILE_DIR = "/etc/ganops"
@@ -45,7 +61,7 @@ class Owner:
 
     def body(self) -> dict[str, Any]:
         return {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "apiVersion": API_VERSION,
             "kind": KIND,
             "metadata": {
                 "name": self.name,
@@ -171,13 +187,13 @@ def checkpoint_uri(spec: GanTrainingJobSpec, config: OperatorConfig) -> str | No
 
 def _env(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
-        {"name": "GANOPS_NAMESPACE", "value": owner.namespace},
-        {"name": "GANOPS_JOB_NAME", "value": owner.name},
+        {"name": ENV_NAMESPACE, "value": owner.namespace},
+        {"name": ENV_JOB_NAME, "value": owner.name},
         # The trainer tags its MLflow run with it (ganops.jobUid), so a re-created job of the same name gets its own
-        # run instead of continuing the deleted job's (ganops.trainer.tracking_hook.JOB_UID_ENV).
-        {"name": "GANOPS_JOB_UID", "value": owner.uid},
-        {"name": "GANOPS_METRICS_PORT", "value": str(config.trainer_metrics_port)},
-        {"name": "GANOPS_WORK_DIR", "value": "/tmp/ganops"},
+        # run instead of continuing the deleted job's.
+        {"name": ENV_JOB_UID, "value": owner.uid},
+        {"name": ENV_METRICS_PORT, "value": str(config.trainer_metrics_port)},
+        {"name": ENV_WORK_DIR, "value": "/tmp/ganops"},
         {"name": "HOME", "value": "/tmp/home"},
         {"name": "XDG_CACHE_HOME", "value": "/cache"},
         {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/torchinductor"},
@@ -190,11 +206,11 @@ def _env(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> list
     ]
     uri = checkpoint_uri(spec, config)
     if uri:
-        env.append({"name": "GANOPS_CHECKPOINT_URI", "value": uri})
+        env.append({"name": ENV_CHECKPOINT_URI, "value": uri})
     if config.s3_endpoint_url:
-        env.append({"name": "GANOPS_S3_ENDPOINT_URL", "value": config.s3_endpoint_url})
+        env.append({"name": ENV_S3_ENDPOINT_URL, "value": config.s3_endpoint_url})
     if config.mlflow_uri and not spec.tracking.mlflow_uri:
-        env.append({"name": "MLFLOW_TRACKING_URI", "value": config.mlflow_uri})
+        env.append({"name": MLFLOW_TRACKING_URI_ENV, "value": config.mlflow_uri})
     if spec.resources.replicas > 1:
         env += [
             {"name": "MASTER_ADDR", "value": f"{job_name(owner.name)}-0.{service_name(owner.name)}"},
@@ -328,7 +344,7 @@ def training_job(
     pod_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     annotations = {ANNOTATION_RESTARTS: restarts_annotation(restarts or {})}
     if resume_from:
-        annotations["ganops.io/resume-from"] = resume_from
+        annotations[ANNOTATION_RESUME_FROM] = resume_from
     volumes, mounts = _volumes(owner)
     container: dict[str, Any] = {
         "name": CONTAINER,

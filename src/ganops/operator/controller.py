@@ -1,4 +1,4 @@
-"""The operator's I/O around the pure decisions of `status.reconcile()`.
+"""The operator's I/O around the pure decisions of `reconcile.reconcile()`.
 
 One loop per GanTrainingJob (a kopf daemon, `Runtime.run_job`) reconciles it whenever something relevant happens
 - its spec or promotion annotations change, one of its Jobs or pods changes (kopf event handlers "kick" the loop),
@@ -10,6 +10,10 @@ A reconcile (`Controller.reconcile`, in a worker thread) reads its inputs from m
 and pods labelled `ganops.io/job`, filled from watch streams before any handler runs - plus latest.json when it is
 due, decides, executes the actions, then writes the status (a merge patch of what changed). The loop keeps the
 status it last wrote: the operator is its only writer, so it is never misled by a watch event that lags behind.
+
+The status is typed (`GanTrainingJobStatus`) from here inwards; this module converts at the edge: the wire dict
+(camelCase) is read with `GanTrainingJobStatus.from_wire` and the decided status is written back with `to_wire`
+(only the fields that were read or set), so the merge patch holds what changed and nothing else.
 """
 
 from __future__ import annotations
@@ -27,26 +31,38 @@ from typing import Any
 
 from ganops import storage
 from ganops.api.loader import JobFileError, spec_from_object
-from ganops.api.spec import API_GROUP, API_VERSION, PLURAL, GanTrainingJobSpec
-from ganops.operator import children, metrics
-from ganops.operator import status as decide
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
+from ganops.checkpoints import LatestRecord, RecordUnavailable, job_root, latest_uri, read_latest_record
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, PLURAL
+from ganops.operator import children, conditions, metrics, progress, registry
+from ganops.operator import reconcile as decide
+from ganops.operator.conditions import FINISHED, Event
 from ganops.operator.kube import Kube, KubeError
-from ganops.operator.observe import (
-    JobView,
-    PodView,
-    Record,
-    RecordUnavailable,
-    job_root,
-    latest_uri,
-    read_record,
+from ganops.operator.observe import JobView, PodView
+from ganops.operator.plan import (
+    Action,
+    ClearAnnotation,
+    DeleteJob,
+    DeleteSelf,
+    EnsureChildren,
+    JobInput,
+    Observed,
+    Policy,
+    Promote,
+    Rollback,
+    SyncJobFile,
 )
+from ganops.operator.registry import PromotionOutcome
 from ganops.operator.settings import OperatorConfig
+from ganops.retry import RetryPolicy
 
-log = logging.getLogger("ganops.operator")
+log = logging.getLogger(__name__)
 
-GTJ_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 Key = tuple[str, str]
-ERROR_BACKOFF_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# After a reconcile that raised, the job's loop waits `ERROR_BACKOFF.delay(failures - 1)`: 1 s, 2 s, 4 s, … capped
+# at 60 s, retrying for as long as it fails (only the schedule is used: `attempts` does not apply to the loop). No
+# jitter: the loops of different jobs already wake at different times, and the delays stay predictable.
+ERROR_BACKOFF = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=60.0, jitter=False)
 PERMANENT_ERROR_SECONDS = 300.0
 IDLE_FACTOR = 10  # finished jobs wake up every IDLE_FACTOR × resync (events wake them at once)
 
@@ -75,7 +91,7 @@ def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any
 class JobMemory:
     """What one job's loop remembers between reconciles."""
 
-    status: dict[str, Any] | None = None  # as last written (authoritative: the operator is the only writer)
+    status: dict[str, Any] | None = None  # on the wire, as last written (authoritative: the only writer)
     spec_generation: int | None = None
     spec: GanTrainingJobSpec | None = None
     problems: tuple[str, ...] = ()
@@ -111,12 +127,12 @@ class Snapshot:
 
 
 def seen_key(generation: Any, annotations: Mapping[str, str]) -> tuple[Any, ...]:
-    return (generation, annotations.get(decide.PROMOTE_ANNOTATION), annotations.get(decide.ROLLBACK_ANNOTATION))
+    return (generation, annotations.get(ANNOTATION_PROMOTE), annotations.get(ANNOTATION_ROLLBACK_TO))
 
 
 @dataclass
 class Outcome:
-    events: list[decide.Event] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     phase: str | None = None
     gone: bool = False
@@ -129,7 +145,7 @@ class Controller:
         self.config = config
         self.kube = kube
         self.now = now
-        self.policy = decide.Policy(
+        self.policy = Policy(
             warning_fraction=config.budget_warning_fraction,
             resync_seconds=config.resync_seconds,
             mlflow_uri=config.mlflow_uri,
@@ -157,9 +173,9 @@ class Controller:
             return self._s3
         return self._file
 
-    def _read_record(self, uri: str) -> tuple[Record | None, str | None]:
+    def _read_record(self, uri: str) -> tuple[LatestRecord | None, str | None]:
         try:
-            return read_record(self._store(uri), uri), None
+            return read_latest_record(self._store(uri), uri), None
         except (RecordUnavailable, storage.StorageError) as exc:
             return None, str(exc)
 
@@ -173,29 +189,33 @@ class Controller:
         if job_view is not None:
             memory.job_seen_attempt = max(memory.job_seen_attempt or 0, job_view.attempt)
         ckpt = children.checkpoint_uri(spec, self.config) if spec is not None else None
-        job_input = decide.JobInput(
+        status, dropped = GanTrainingJobStatus.salvage(current)
+        if dropped:
+            log.warning("%s/%s: status fields %s do not validate; they are rebuilt from what is observed",
+                        snap.namespace, snap.name, ", ".join(dropped))
+        job_input = JobInput(
             name=snap.name, namespace=snap.namespace, uid=snap.uid, generation=snap.generation, spec=spec,
-            status=current, problems=problems, annotations=snap.annotations,
+            status=status, problems=problems, annotations=snap.annotations,
         )
-        observed = decide.Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
+        observed = Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
         since = None if memory.record_read_at is None else time.monotonic() - memory.record_read_at
-        if ckpt is not None and decide.wants_record(job_input, observed, seconds_since_read=since,
-                                                    policy=self.policy):
+        if ckpt is not None and progress.wants_record(job_input, observed, seconds_since_read=since,
+                                                      policy=self.policy):
             record, error = self._read_record(latest_uri(ckpt, snap.namespace, snap.name))
             if error is None:
                 memory.record_read_at = time.monotonic()
             else:
                 log.warning("cannot read latest.json of %s/%s: %s", snap.namespace, snap.name, error)
-            observed = decide.Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
-                                       record_expected=True)
+            observed = Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
+                                record_expected=True)
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
         new_status = plan.status
         for action in plan.actions:
-            if isinstance(action, decide.EnsureChildren) and _just_launched(memory, action.attempt):
+            if isinstance(action, EnsureChildren) and _just_launched(memory, action.attempt):
                 continue  # created moments ago; kopf's index has not caught up yet: do not POST again
             new_status, extra_events, wake = self._execute(action, snap, spec, new_status, now)
-            if isinstance(action, decide.EnsureChildren) and wake is None:
+            if isinstance(action, EnsureChildren) and wake is None:
                 memory.launched = (action.attempt, time.monotonic())
             outcome.events += extra_events
             if wake == PERMANENT_ERROR_SECONDS:  # the API refused a child: retrying sooner would only repeat it
@@ -203,11 +223,11 @@ class Controller:
                 break
             if wake is not None:
                 outcome.requeue_after = wake if outcome.requeue_after is None else min(outcome.requeue_after, wake)
-            if isinstance(action, decide.DeleteSelf):
+            if isinstance(action, DeleteSelf):
                 outcome.gone = True
-        outcome.phase = new_status.get("phase")
+        outcome.phase = new_status.phase
         if not outcome.gone:
-            outcome.gone = not self._write_status(snap, memory, current, new_status)
+            outcome.gone = not self._write_status(snap, memory, current, new_status.to_wire())
         return outcome
 
     def _write_status(self, snap: Snapshot, memory: JobMemory, old: Mapping[str, Any],
@@ -218,7 +238,7 @@ class Controller:
             memory.status = new
             return True
         try:
-            answer = self.kube.patch(GTJ_API_VERSION, PLURAL, snap.namespace, snap.name, {"status": patch},
+            answer = self.kube.patch(API_VERSION, PLURAL, snap.namespace, snap.name, {"status": patch},
                                      subresource="status")
         except KubeError as exc:
             if exc.not_found:
@@ -229,13 +249,13 @@ class Controller:
 
     # -------------------------------------------------------------------------------------------- actions
     def _execute(
-        self, action: decide.Action, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
+        self, action: Action, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: GanTrainingJobStatus,
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
-        if isinstance(action, decide.EnsureChildren):
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
+        if isinstance(action, EnsureChildren):
             assert spec is not None
             return self._ensure_children(action, snap, spec, status_now, now)
-        if isinstance(action, decide.SyncJobFile):
+        if isinstance(action, SyncJobFile):
             assert spec is not None
             try:
                 self.kube.patch("v1", "configmaps", snap.namespace, children.configmap_name(snap.name),
@@ -244,30 +264,30 @@ class Controller:
                 if not exc.not_found:
                     raise
             return status_now, [], None
-        if isinstance(action, decide.DeleteJob):
+        if isinstance(action, DeleteJob):
             self._delete_job(snap, action)
             return status_now, [], None
-        if isinstance(action, decide.DeleteSelf):
+        if isinstance(action, DeleteSelf):
             log.info("deleting %s/%s: %s", snap.namespace, snap.name, action.reason)
             try:
-                self.kube.delete(GTJ_API_VERSION, PLURAL, snap.namespace, snap.name, uid=snap.uid)
+                self.kube.delete(API_VERSION, PLURAL, snap.namespace, snap.name, uid=snap.uid)
             except KubeError as exc:
                 if not (exc.not_found or exc.conflict):
                     raise
             return status_now, [], None
-        if isinstance(action, decide.ClearAnnotation):
+        if isinstance(action, ClearAnnotation):
             self._clear_annotation(snap, action.key)
             return status_now, [], None
-        if isinstance(action, decide.Promote):
+        if isinstance(action, Promote):
             return self._promote(action, snap, spec, status_now, now)
-        if isinstance(action, decide.Rollback):
+        if isinstance(action, Rollback):
             return self._rollback(action, snap, status_now, now)
         raise TypeError(f"unknown action {action!r}")  # pragma: no cover
 
     def _ensure_children(
-        self, action: decide.EnsureChildren, snap: Snapshot, spec: GanTrainingJobSpec, status_now: dict[str, Any],
+        self, action: EnsureChildren, snap: Snapshot, spec: GanTrainingJobSpec, status_now: GanTrainingJobStatus,
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         objs = children.render(_owner(snap), spec, self.config, attempt=action.attempt, restarts=action.restarts,
                                resume_from=action.resume_from)
         for obj in objs:
@@ -285,11 +305,11 @@ class Controller:
                     raise
                 what = f"cannot create {obj['kind']} {obj['metadata']['name']}"
                 log.error("%s/%s: %s: %s", snap.namespace, snap.name, what, exc.message)
-                new, events = decide.apply_action_error(status_now, what, exc.message or str(exc), now)
+                new, events = conditions.apply_action_error(status_now, what, exc.message or str(exc), now)
                 return new, events, PERMANENT_ERROR_SECONDS
-        return decide.clear_action_error(status_now, now), [], None
+        return conditions.clear_action_error(status_now, now), [], None
 
-    def _delete_job(self, snap: Snapshot, action: decide.DeleteJob) -> None:
+    def _delete_job(self, snap: Snapshot, action: DeleteJob) -> None:
         log.info("deleting Job %s/%s: %s", snap.namespace, children.job_name(snap.name), action.reason)
         try:
             # Foreground: the Job stays (blocking a new one of the same name) until its pods have terminated,
@@ -302,43 +322,43 @@ class Controller:
 
     def _clear_annotation(self, snap: Snapshot, key: str) -> None:
         try:
-            self.kube.patch(GTJ_API_VERSION, PLURAL, snap.namespace, snap.name,
+            self.kube.patch(API_VERSION, PLURAL, snap.namespace, snap.name,
                             {"metadata": {"annotations": {key: None}}})
         except KubeError as exc:
             if not exc.not_found:
                 raise
 
     def _promote(
-        self, action: decide.Promote, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: dict[str, Any],
+        self, action: Promote, snap: Snapshot, spec: GanTrainingJobSpec | None, status_now: GanTrainingJobStatus,
         now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         from ganops.operator.promotion import promote_job
 
         assert spec is not None
         ckpt = children.checkpoint_uri(spec, self.config)
         if ckpt is None:
-            result = decide.PromotionResult("error", action.model_name, action.alias,
+            result = PromotionOutcome("error", action.model_name, action.alias,
                                             message="the job has no checkpoint store")
         else:
             result = promote_job(spec, namespace=snap.namespace, name=snap.name, tracking_uri=action.tracking_uri,
                                  checkpoint_root=job_root(ckpt, snap.namespace, snap.name), force=action.force)
-        new, events = decide.apply_promotion(status_now, result, now)
+        new, events = registry.apply_promotion(status_now, result, now)
         if action.clear_annotation and result.kind != "unavailable":
             self._clear_annotation(snap, action.clear_annotation)
-        wake = decide.PROMOTION_RETRY_SECONDS if result.kind == "unavailable" else None
+        wake = registry.PROMOTION_RETRY_SECONDS if result.kind == "unavailable" else None
         return new, events, wake
 
     def _rollback(
-        self, action: decide.Rollback, snap: Snapshot, status_now: dict[str, Any], now: dt.datetime,
-    ) -> tuple[dict[str, Any], list[decide.Event], float | None]:
+        self, action: Rollback, snap: Snapshot, status_now: GanTrainingJobStatus, now: dt.datetime,
+    ) -> tuple[GanTrainingJobStatus, list[Event], float | None]:
         from ganops.operator.promotion import rollback
 
         result = rollback(action.tracking_uri, model_name=action.model_name, alias=action.alias,
                           version=action.version)
-        new, events = decide.apply_promotion(status_now, result, now)
+        new, events = registry.apply_promotion(status_now, result, now)
         if result.kind == "rollback_unavailable":
-            return new, events, decide.PROMOTION_RETRY_SECONDS  # the annotation stays: retried
-        self._clear_annotation(snap, decide.ROLLBACK_ANNOTATION)
+            return new, events, registry.PROMOTION_RETRY_SECONDS  # the annotation stays: retried
+        self._clear_annotation(snap, ANNOTATION_ROLLBACK_TO)
         return new, events, None
 
 
@@ -446,7 +466,7 @@ class Runtime:
                 except Exception as exc:
                     memory.failures += 1
                     metrics.RECONCILE_ERRORS.inc()
-                    delay = ERROR_BACKOFF_SECONDS[min(memory.failures, len(ERROR_BACKOFF_SECONDS)) - 1]
+                    delay = ERROR_BACKOFF.delay(memory.failures - 1)
                     if isinstance(exc, KubeError) and exc.transient:
                         logger.warning(f"reconcile failed ({exc}); retrying in {delay:.0f}s")
                     else:
@@ -463,7 +483,7 @@ class Runtime:
                 if outcome.gone:
                     break
                 self.publish(key, memory)
-                idle = self.config.resync_seconds * (IDLE_FACTOR if outcome.phase in decide.FINISHED else 1)
+                idle = self.config.resync_seconds * (IDLE_FACTOR if outcome.phase in FINISHED else 1)
                 delay = idle if outcome.requeue_after is None else min(outcome.requeue_after, idle)
         finally:
             if self.kicks.get(key) is kick:

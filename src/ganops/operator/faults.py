@@ -13,18 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ganops.operator.observe import JobView, PodView, Record
+from ganops.checkpoints import LatestRecord
+from ganops.operator.observe import JobView, PodView
 
-# Reasons of the DisruptionTarget pod condition (Kubernetes ≥ 1.26) and of pod.status.reason for pods the
-# platform took away.
-DISRUPTION_CONDITION_REASONS = frozenset({
-    "PreemptionByScheduler",
-    "PreemptionByKubeScheduler",
-    "EvictionByEvictionAPI",
-    "DeletionByTaintManager",
-    "DeletionByPodGC",
-    "TerminationByKubelet",
-})
+# Any True DisruptionTarget pod condition (Kubernetes >= 1.26), whatever its reason, counts as a disruption (see
+# `pod_fate`); these are the values of pod.status.reason for pods the platform took away.
 DISRUPTION_POD_REASONS = frozenset({"Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
                                     "UnexpectedAdmissionError"})
 SIGNAL_EXIT_CODES = frozenset({137, 143})  # SIGKILL after the grace period, SIGTERM not handled
@@ -77,7 +70,7 @@ def attempt_outcome(
     *,
     replicas: int,
     total_steps: int,
-    record: Record | None,
+    record: LatestRecord | None,
 ) -> AttemptOutcome:
     """The state of one attempt from its Job and pods (only the pods of that attempt)."""
     if job is None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ganops.contracts import API_VERSION, KIND, PLURAL
+
 MERGE_PATCH = "application/merge-patch+json"
 
 _PLURALS: dict[tuple[str, str], str] = {
@@ -15,7 +17,7 @@ _PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
     ("batch/v1", "Job"): "jobs",
-    ("ganops.io/v1alpha1", "GanTrainingJob"): "gantrainingjobs",
+    (API_VERSION, KIND): PLURAL,
 }
 
 
@@ -82,7 +84,7 @@ def load_api_client(workers: int = 8) -> Any:
 
 
 class Kube:
-    """Create / get / patch / delete any object by apiVersion, plural, namespace and name. Thread-safe."""
+    """Create / patch / delete any object by apiVersion, plural, namespace and name. Thread-safe."""
 
     def __init__(self, api_client: Any, timeout: tuple[float, float] = (5.0, 30.0)) -> None:
         self.api_client = api_client
@@ -124,10 +126,6 @@ class Kube:
     def create(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
         plural = plural_of(obj["apiVersion"], obj["kind"])
         result: dict[str, Any] = self.request("POST", path(obj["apiVersion"], plural, namespace), body=obj)
-        return result
-
-    def get(self, api_version: str, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("GET", path(api_version, plural, namespace, name))
         return result
 
     def patch(self, api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any], *,

@@ -10,11 +10,11 @@ from typing import Any
 
 import kopf
 
-from ganops.api.spec import API_GROUP, API_VERSION, PLURAL
+from ganops.contracts import API_GROUP, LABEL_JOB, PLURAL, VERSION
 from ganops.operator import metrics
 from ganops.operator.controller import Runtime
 from ganops.operator.kube import Kube, load_api_client
-from ganops.operator.observe import LABEL_JOB, JobView, PodView, job_view, pod_view
+from ganops.operator.observe import JobView, PodView, job_view, pod_view
 from ganops.operator.settings import OperatorConfig, configure_kopf
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -81,13 +81,13 @@ def _spec_or_annotations_changed(*, namespace: str | None, name: str, meta: kopf
     return bool(memo.ganops.changed(str(namespace), name, meta.get("generation"), meta.annotations))
 
 
-@kopf.on.event(API_GROUP, API_VERSION, PLURAL, when=_spec_or_annotations_changed)
+@kopf.on.event(API_GROUP, VERSION, PLURAL, when=_spec_or_annotations_changed)
 async def resource_changed(*, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """The spec or a promotion annotation changed (status writes, the operator's own, never get here)."""
     memo.ganops.kick((str(namespace), name))
 
 
-@kopf.daemon(API_GROUP, API_VERSION, PLURAL, id="reconcile", cancellation_timeout=1.0)
+@kopf.daemon(API_GROUP, VERSION, PLURAL, id="reconcile", cancellation_timeout=1.0)
 async def reconcile(*, body: kopf.Body, stopped: kopf.DaemonStopped, logger: Logger, memo: kopf.Memo,
                     **kwargs: Any) -> None:
     """One loop per GanTrainingJob; the indexes come in as kwargs named after their handlers."""

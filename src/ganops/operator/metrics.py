@@ -41,7 +41,7 @@ from prometheus_client.registry import Collector
 
 from ganops.api.spec import GanTrainingJobSpec
 from ganops.cost import price_per_gpu_hour
-from ganops.operator.status import PHASES
+from ganops.operator.conditions import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 JOBS = Gauge("ganops_operator_jobs", "GanTrainingJobs handled by this operator, by phase.", ["phase"],

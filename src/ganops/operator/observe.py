@@ -1,7 +1,8 @@
 """What the operator observes, as small immutable views: the child Job, its pods and the trainer's latest.json.
 
 The views are built from raw API objects (`job_view`, `pod_view`) in kopf's index handlers, so the reconcile logic
-never touches API bodies, and from the object store (`read_record`): `<checkpoint.uri>/<namespace>/<job>/latest.json`,
+never touches API bodies, and from the object store (`ganops.checkpoints.read_latest_record`):
+`<checkpoint.uri>/<namespace>/<job>/latest.json`,
 written last by the trainer after a verified upload; its format is `ganops.checkpoints` (no torch).
 """
 
@@ -13,16 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ganops.checkpoints import HealthEvent, RecordUnavailable, job_root, latest_uri
-from ganops.checkpoints import LatestRecord as Record
-from ganops.checkpoints import parse_latest as parse_record
-from ganops.checkpoints import read_latest_record as read_record
-
-LABEL_JOB = "ganops.io/job"
-LABEL_ATTEMPT = "ganops.io/attempt"
-ANNOTATION_RESTARTS = "ganops.io/restarts"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-
+from ganops.contracts import ANNOTATION_RESTARTS, COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT
 
 # ------------------------------------------------------------------------------------------------ time
 
@@ -187,5 +179,4 @@ def job_view(body: Mapping[str, Any]) -> JobView:
     )
 
 
-__all__ = ["HealthEvent", "JobView", "PodView", "Record", "RecordUnavailable", "format_time", "job_root", "job_view",
-           "latest_uri", "parse_record", "parse_time", "pod_view", "read_record"]
+__all__ = ["JobView", "PodView", "format_time", "job_view", "parse_time", "pod_view"]

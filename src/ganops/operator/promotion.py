@@ -1,5 +1,5 @@
 """Promotion from the operator: `ganops.promotion` (gates, registration, alias) and rollback, mapped to outcomes that
-`status.apply_promotion` folds into the job's status.
+`registry.apply_promotion` folds into the job's status.
 
 `ganops.promotion.promote` judges the job's best checkpoint (by the manifests' `metric`) against
 `spec.promotion.gates`, registers it as an MLflow model version (rejected ones too, tagged, so the registry keeps the
@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping
 
 from ganops.api.spec import GanTrainingJobSpec
-from ganops.operator.status import PromotionResult
+from ganops.operator.registry import PromotionOutcome
 
 
 def promote_job(
@@ -28,7 +28,7 @@ def promote_job(
     checkpoint_root: str,
     tracking_uri: str,
     force: bool = False,
-) -> PromotionResult:
+) -> PromotionOutcome:
     from ganops import promotion, tracking
 
     model = spec.promotion.model_name or name
@@ -36,36 +36,36 @@ def promote_job(
     try:
         result = promotion.promote(spec, checkpoint_root, tracking_uri, namespace=namespace, job=name, render=False)
         if result.promoted:
-            return PromotionResult("promoted", model, alias, result.version, result.decision.describe(),
+            return PromotionOutcome("promoted", model, alias, result.version, result.decision.describe(),
                                    metrics=dict(result.metrics))
         if force:
             tracking.set_alias(tracking_uri, model, alias, result.version)
-            return PromotionResult("promoted", model, alias, result.version,
+            return PromotionOutcome("promoted", model, alias, result.version,
                                    f"forced past the gates ({result.decision.describe()})",
                                    metrics=dict(result.metrics))
-        return PromotionResult("rejected", model, alias, result.version, "; ".join(result.decision.failures),
+        return PromotionOutcome("rejected", model, alias, result.version, "; ".join(result.decision.failures),
                                metrics=dict(result.metrics))
     except tracking.TrackingUnavailable as exc:
-        return PromotionResult("unavailable", model, alias, message=str(exc))
+        return PromotionOutcome("unavailable", model, alias, message=str(exc))
     except (tracking.TrackingError, promotion.PromotionError) as exc:
-        return PromotionResult("error", model, alias, message=str(exc))
+        return PromotionOutcome("error", model, alias, message=str(exc))
 
 
-def rollback(tracking_uri: str, *, model_name: str, alias: str, version: str) -> PromotionResult:
+def rollback(tracking_uri: str, *, model_name: str, alias: str, version: str) -> PromotionOutcome:
     """Point `model_name@alias` back at an existing `version`."""
     from ganops import tracking
 
     try:
         info = tracking.get_version(tracking_uri, model_name, version)
         if info is None:
-            return PromotionResult("rollback_failed", model_name, alias, message=f"{model_name} has no version "
+            return PromotionOutcome("rollback_failed", model_name, alias, message=f"{model_name} has no version "
                                                                                  f"{version}")
         tracking.set_alias(tracking_uri, model_name, alias, info.version)
     except tracking.TrackingUnavailable as exc:
-        return PromotionResult("rollback_unavailable", model_name, alias, message=str(exc))
+        return PromotionOutcome("rollback_unavailable", model_name, alias, message=str(exc))
     except tracking.TrackingError as exc:
-        return PromotionResult("rollback_failed", model_name, alias, message=str(exc))
-    return PromotionResult("rolled_back", model_name, alias, info.version, metrics=version_metrics(info.tags))
+        return PromotionOutcome("rollback_failed", model_name, alias, message=str(exc))
+    return PromotionOutcome("rolled_back", model_name, alias, info.version, metrics=version_metrics(info.tags))
 
 
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:

@@ -38,9 +38,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ganops.contracts import API_GROUP, LABEL_JOB, MLFLOW_TRACKING_URI_ENV
+
 DEFAULT_IMAGE = "ghcr.io/ganops/trainer:0.1.0"
-FINALIZER = "ganops.io/finalizer"
-ANNOTATIONS_PREFIX = "ganops.io"
+FINALIZER = f"{API_GROUP}/finalizer"
+ANNOTATIONS_PREFIX = API_GROUP
 LAST_HANDLED_KEY = "last-handled-configuration"
 
 
@@ -149,7 +151,7 @@ class OperatorConfig:
             image=text("GANOPS_TRAINER_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
             image_pull_policy=pull,
             checkpoint_uri=text("GANOPS_CHECKPOINT_URI"),
-            mlflow_uri=text("GANOPS_MLFLOW_URI") or text("MLFLOW_TRACKING_URI"),
+            mlflow_uri=text("GANOPS_MLFLOW_URI") or text(MLFLOW_TRACKING_URI_ENV),
             s3_secret=text("GANOPS_S3_SECRET"),
             mlflow_secret=text("GANOPS_MLFLOW_SECRET"),
             s3_endpoint_url=text("GANOPS_S3_ENDPOINT_URL"),
@@ -203,8 +205,8 @@ def configure_kopf(settings: Any, config: OperatorConfig) -> None:
     settings.posting.reporting_component = "ganops-operator"
     settings.posting.event_name_prefix = "ganops-"
     # Watch only the pods and Jobs this operator made (server-side selector), not every pod in the cluster.
-    settings.watching.label_selectors["pods"] = "ganops.io/job"
-    settings.watching.label_selectors["batch", "jobs"] = "ganops.io/job"
+    settings.watching.label_selectors["pods"] = LABEL_JOB
+    settings.watching.label_selectors["batch", "jobs"] = LABEL_JOB
     settings.watching.server_timeout = settings.watching.server_timeout or 300
     settings.watching.client_timeout = settings.watching.client_timeout or 330
     settings.execution.max_workers = max(settings.execution.max_workers or 0, config.workers)

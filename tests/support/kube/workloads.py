@@ -113,13 +113,15 @@ def terminate_pod(
     disruption: str | None = None,
     pod_reason: str | None = None,
     message: str = "",
+    started_at: dt.datetime | None = None,
+    finished_at: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The container exited with `exit_code` (phase Succeeded for 0, else Failed). `disruption` adds the
     DisruptionTarget condition with that reason (e.g. PreemptionByScheduler), `pod_reason` sets status.reason
-    (e.g. Evicted)."""
+    (e.g. Evicted). The container ran from `started_at` (default: the pod's start) to `finished_at` (default: now)."""
     body = kube.get("v1", "Pod", namespace, pod)
     status = body.get("status") or {}
-    started = status.get("startTime") or _ts()
+    started = _ts(started_at) if started_at is not None else status.get("startTime") or _ts()
     conditions = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"]
     conditions.append({"type": "Ready", "status": "False", "lastTransitionTime": _ts()})
     if disruption is not None:
@@ -133,7 +135,7 @@ def terminate_pod(
             "imageID": "",
             "state": {"terminated": {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0
                                                                                  else "Error"),
-                                     "startedAt": started, "finishedAt": _ts()}},
+                                     "startedAt": started, "finishedAt": _ts(finished_at)}},
         }],
     }
     if pod_reason is not None:

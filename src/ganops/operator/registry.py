@@ -1,0 +1,128 @@
+"""The model registry side of a job: when to promote or roll back (auto-promotion once it succeeded, the
+`ganops.io/promote` and `ganops.io/rollback-to` annotations at any time), and the outcome of a Promote or Rollback
+action (`operator.promotion`) folded into the status, with its Events."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus, PromotionCounts
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
+from ganops.operator.conditions import Event, StatusBuilder
+from ganops.operator.observe import format_time, parse_time
+from ganops.operator.plan import ClearAnnotation, JobInput, Plan, Policy, Promote, Rollback
+
+PROMOTION_RETRY_SECONDS = 10.0
+
+
+def plan_promotion(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTrainingJobSpec, policy: Policy) -> None:
+    """Plan the Promote / Rollback actions (or say why there is nothing to promote)."""
+    promotion = spec.promotion
+    model = promotion.model_name or job.name
+    tracking_uri = spec.tracking.mlflow_uri or policy.mlflow_uri
+    rollback_to = (job.annotations.get(ANNOTATION_ROLLBACK_TO) or "").strip()
+    if rollback_to:
+        if tracking_uri is None:
+            st.event("Warning", "RollbackFailed", "no MLflow tracking URI (spec.tracking.mlflowUri) to roll back in")
+            plan.actions.append(ClearAnnotation(ANNOTATION_ROLLBACK_TO))
+        else:
+            plan.actions.append(Rollback(tracking_uri, model, promotion.alias, rollback_to))
+    manual = (job.annotations.get(ANNOTATION_PROMOTE) or "").strip().lower()
+    if manual not in ("", "true", "force"):
+        st.event("Warning", "PromotionRejected", f"{ANNOTATION_PROMOTE} must be 'true' or 'force' (got {manual!r})")
+        plan.actions.append(ClearAnnotation(ANNOTATION_PROMOTE))
+        return
+    decided = st.is_("Promoted") or st.is_("Promoted", "False") or st.is_("PromotionRejected")
+    auto_due = st.phase == "Succeeded" and promotion.auto and not decided
+    if not manual and not auto_due:
+        return
+    if st.is_("Promoted", "Unknown"):  # the registry was unavailable: retry, but not on every event
+        tried = parse_time(st.status.promotion_attempted_at)
+        if tried is not None and (st.now - tried).total_seconds() < PROMOTION_RETRY_SECONDS:
+            plan.wake_in(PROMOTION_RETRY_SECONDS - (st.now - tried).total_seconds())
+            return
+    clear = ANNOTATION_PROMOTE if manual else None
+    if st.status.last_checkpoint is None or not st.status.last_checkpoint.uri:
+        st.condition("Promoted", False, "NoCheckpoint", "there is no checkpoint to promote")
+        st.event("Warning", "PromotionRejected", "there is no checkpoint to promote")
+        if clear:
+            plan.actions.append(ClearAnnotation(clear))
+        return
+    if tracking_uri is None:
+        message = "not promoted: no MLflow tracking URI (spec.tracking.mlflowUri or the operator's GANOPS_MLFLOW_URI)"
+        st.condition("Promoted", False, "NoTrackingServer", message)
+        st.event("Normal", "PromotionSkipped", message)
+        if clear:
+            plan.actions.append(ClearAnnotation(clear))
+        return
+    plan.actions.append(Promote(tracking_uri=tracking_uri, model_name=model, alias=promotion.alias,
+                                force=manual == "force", clear_annotation=clear))
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    """What a Promote or Rollback action came to, as the operator records it (`operator.promotion` maps
+    `ganops.promotion.PromotionResult` and the registry's errors to it)."""
+
+    kind: Literal["promoted", "rejected", "rolled_back", "unavailable", "error", "rollback_failed",
+                  "rollback_unavailable"]
+    model: str
+    alias: str
+    version: str | None = None
+    message: str = ""  # promoted: the gate decision; rejected: the failed gates; otherwise: what went wrong
+    metrics: Mapping[str, float] = field(default_factory=dict)  # recorded on the version (promoted, rolled back)
+
+
+def _count_promotion(st: StatusBuilder, outcome: Literal["promoted", "rejected"]) -> None:
+    """`status.promotions` counts decisions by outcome (the operator's promotions counter reads it)."""
+    counts = (st.status.promotions or PromotionCounts()).model_dump()
+    counts[outcome] += 1
+    st.status.promotions = PromotionCounts(promoted=counts["promoted"], rejected=counts["rejected"])
+
+
+def _set_promoted(st: StatusBuilder, version: str | None, metrics: Mapping[str, float]) -> None:
+    st.status.promoted_version = version
+    # Unknown for this version: never show another version's figures.
+    st.status.promoted_metrics = dict(metrics) if metrics else None
+
+
+def apply_promotion(status: GanTrainingJobStatus, result: PromotionOutcome, now: dt.datetime) -> tuple[
+        GanTrainingJobStatus, list[Event]]:
+    """Fold the outcome of a Promote / Rollback action into the status."""
+    st = StatusBuilder(status, now)
+    target = f"{result.model}@{result.alias}"
+    if result.kind == "promoted":
+        message = f"{target} → version {result.version}" + (f" ({result.message})" if result.message else "")
+        st.condition("Promoted", True, "Promoted", message)
+        st.condition_off("PromotionRejected", "Promoted", "")
+        _set_promoted(st, result.version, result.metrics)
+        _count_promotion(st, "promoted")
+        st.status.promotion_attempted_at = None
+        st.event("Normal", "Promoted", message)
+    elif result.kind == "rejected":
+        message = f"{target} not moved: {result.message} (registered as rejected version {result.version})"
+        st.condition("PromotionRejected", True, "GateFailed", message)
+        st.condition("Promoted", False, "GateFailed", message)
+        _count_promotion(st, "rejected")
+        st.status.promotion_attempted_at = None
+        st.event("Warning", "PromotionRejected", message)
+    elif result.kind == "rolled_back":
+        message = f"{target} rolled back to version {result.version}"
+        st.condition("Promoted", True, "RolledBack", message)
+        _set_promoted(st, result.version, result.metrics)
+        st.event("Normal", "RolledBack", message)
+    elif result.kind == "unavailable":
+        message = f"{target} not moved yet: {result.message}; retrying"
+        if st.condition("Promoted", "Unknown", "RegistryUnavailable", message):
+            st.event("Warning", "RegistryUnavailable", message)
+        st.status.promotion_attempted_at = format_time(now)
+    elif result.kind in ("rollback_failed", "rollback_unavailable"):
+        st.event("Warning", "RollbackFailed", f"{target} not rolled back: {result.message}")
+    else:
+        message = f"{target} not moved: {result.message}"
+        st.condition("Promoted", False, "RegistryError", message)
+        st.event("Warning", "PromotionFailed", message)
+    return st.status, st.events
