@@ -7,13 +7,12 @@ On SIGTERM/SIGINT uvicorn stops accepting connections, lets in-flight requests f
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
+from ganops import logs
 from ganops.serving.app import create_app
 from ganops.serving.model_store import CheckpointResolver, ModelRef, RegistryResolver
 from ganops.serving.settings import ServingSettings
@@ -80,6 +79,7 @@ def uvicorn_config(settings: ServingSettings, **overrides: Any) -> uvicorn.Confi
         "host": settings.host,
         "port": settings.port,
         "log_level": settings.log_level,
+        "log_config": None,  # uvicorn's loggers go to the root handler of ganops.logs, in the same format
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_s),
         "lifespan": "on",
@@ -93,7 +93,5 @@ def uvicorn_config(settings: ServingSettings, **overrides: Any) -> uvicorn.Confi
 def run(settings: ServingSettings | None = None) -> None:
     """Serve until SIGTERM/SIGINT (blocking)."""
     settings = settings or ServingSettings()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logs.setup(settings.log_level)
     uvicorn.Server(uvicorn_config(settings)).run()
