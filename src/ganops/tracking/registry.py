@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -19,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ganops import contracts
+from ganops import contracts, retry
+from ganops.retry import RetryPolicy
 from ganops.tracking import connection
 from ganops.tracking.connection import _quote
 from ganops.tracking.errors import (
@@ -33,6 +35,8 @@ from ganops.tracking.errors import (
 )
 
 T = TypeVar("T")
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,29 +74,43 @@ def _version_info(mv: Any, aliases: Mapping[str, str] | None = None) -> ModelVer
     )
 
 
-def _registry_call(tracking_uri: str, what: str, fn: Callable[[], T], attempts: int = 3, budget_s: float = 5.0) -> T:
-    """Run ``fn``; retry transient errors briefly (``attempts`` tries, none that would likely end after
-    ``budget_s`` seconds, so a hung server costs about one HTTP timeout); map failures to TrackingUnavailable /
-    TrackingError."""
+# 3 tries, 0.2 s then 0.5 s apart, none that would likely end after 5 s from the first (see _registry_call).
+REGISTRY_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=0.5, multiplier=2.5, jitter=False, budget_s=5.0)
+
+
+def _registry_call(tracking_uri: str, what: str, fn: Callable[[], T], policy: RetryPolicy = REGISTRY_RETRY) -> T:
+    """Run ``fn``; retry transient errors briefly under ``policy``, skipping any try that would likely end after
+    ``policy.budget_s`` (judged by how long the last try took, so a hung server costs about one HTTP timeout); map
+    failures to TrackingUnavailable / TrackingError."""
+    budget_s = policy.budget_s if policy.budget_s is not None else float("inf")
     start = time.monotonic()
-    delay = 0.2
-    for attempt in range(1, attempts + 1):
-        tried = time.monotonic()
-        try:
-            return fn()
-        except TrackingError:
-            raise
-        except Exception as exc:
-            if not is_transient(exc):
-                raise TrackingError(f"MLflow at {redact(tracking_uri)} refused to {what}: {_short(exc)}") from None
-            now = time.monotonic()
-            if attempt == attempts or (now - start) + delay + (now - tried) > budget_s:  # next try would overrun
-                raise TrackingUnavailable(
-                    f"MLflow at {redact(tracking_uri)} is unavailable ({_short(exc)}); could not {what}"
-                ) from None
-            time.sleep(delay)
-            delay *= 2.5
-    raise AssertionError("unreachable")  # pragma: no cover
+    tries: list[float] = []  # when each try started
+
+    def attempt() -> T:
+        tries.append(time.monotonic())
+        return fn()
+
+    def retry_if(exc: BaseException) -> bool:
+        if isinstance(exc, TrackingError) or not is_transient(exc):
+            return False
+        now = time.monotonic()
+        return (now - start) + policy.delay(len(tries) - 1) + (now - tries[-1]) <= budget_s  # next try fits
+
+    def on_retry(exc: BaseException, attempt_number: int, delay: float) -> None:
+        _LOG.debug(
+            "MLflow at %s did not answer (%s); retrying to %s in %.1f s", redact(tracking_uri), _short(exc), what, delay
+        )
+
+    try:
+        return retry.call(attempt, policy, retry_if=retry_if, on_retry=on_retry)
+    except TrackingError:
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            raise TrackingError(f"MLflow at {redact(tracking_uri)} refused to {what}: {_short(exc)}") from None
+        raise TrackingUnavailable(
+            f"MLflow at {redact(tracking_uri)} is unavailable ({_short(exc)}); could not {what}"
+        ) from None
 
 
 def _is_local_uri(uri: str) -> bool:

@@ -23,6 +23,7 @@ from dataclasses import fields
 from types import TracebackType
 from typing import Any, Literal
 
+from ganops.retry import RetryPolicy
 from ganops.tracking import connection
 from ganops.tracking.errors import _short, is_transient, redact
 from ganops.tracking.lineage import MAX_PARAM_VALUE_CHARS
@@ -87,7 +88,11 @@ class Tracker:
             _LOG.warning("Not set on the MLflow run: tag name %r is not valid in MLflow", bad)
         self._artifact_location = artifact_location
         self._max_retry = max(retry_interval, min_retry_interval)
-        self._min_retry = min_retry_interval
+        # The worker keeps its queue and retries until closed, so only the policy's schedule is used: the wait
+        # after n transient failures in a row is min_retry_interval doubling up to retry_interval.
+        self._retry_policy = RetryPolicy(
+            base_delay=min_retry_interval, max_delay=self._max_retry, multiplier=2.0, jitter=False
+        )
         self._flush_retry = min(0.25, min_retry_interval)
         self._display_uri = redact(tracking_uri)
 
@@ -104,7 +109,7 @@ class Tracker:
         self._degraded = False
         self._attempts = 0  # finished send attempts (success or failure): lets open() wait for the first one
         self._next_attempt = 0.0
-        self._backoff = self._min_retry
+        self._failures = 0  # transient failures in a row
         self._last_attempt = 0.0
         self._flush_waiters = 0
         self._closed = False
@@ -442,7 +447,7 @@ class Tracker:
                     self._display_uri,
                     self._pending_describe_locked(),
                 )
-            self._backoff = self._min_retry
+            self._failures = 0  # transient failures in a row
             self._cond.notify_all()
 
     def _pending_describe_locked(self) -> str:
@@ -473,8 +478,8 @@ class Tracker:
                     )
                 else:
                     _LOG.debug("MLflow still unreachable: %s", _short(exc))
-                self._next_attempt = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, self._max_retry)
+                self._next_attempt = time.monotonic() + self._retry_policy.delay(self._failures)
+                self._failures += 1
             elif batch is None:
                 self._disabled_reason = _short(exc)
                 for op in self._ops:
