@@ -309,10 +309,17 @@ def test_outage_buffers_then_flushes_in_order(
             )
         )
         assert late.degraded and late.run_id is None
-        late.log_params({"model.latentDim": "2"})
-        _returns(lambda: [late.log_metrics({"loss": float(step)}, step) for step in range(10)])
-        late.log_artifact_bytes(PNG, "samples/step-000010.png")
-        assert late.pending().metric_points == 10 and late.run_id is None
+
+        def log_late() -> None:
+            late.log_params({"model.latentDim": "2"})
+            for step in range(10):
+                late.log_metrics({"loss": float(step)}, step)
+            late.log_artifact_bytes(PNG, "samples/step-000010.png")
+
+        _returns(log_late)  # no run yet: every call returns at once (one waiting for the run would not return)
+        pending = late.pending()
+        assert pending.metric_points == 10 and pending.params == 1 and pending.artifacts == 1
+        assert late.run_id is None
 
         outage_warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(outage_warnings) == 2, [r.getMessage() for r in caplog.records]  # one per tracker
