@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 from mlflow import MlflowClient
 
 from ganops import tracking
+from ganops.api.spec import spec_hash
 from ganops.tracking import (
     CHECKPOINT_URI_TAG,
     JOB_TAG,
@@ -26,6 +29,7 @@ from ganops.tracking import (
     flatten_spec,
     lineage_tags,
 )
+from tests.resilience.faults import FaultPlan, FaultProxy
 from tests.support.jobs import as_job, grid_job
 
 if TYPE_CHECKING:
@@ -34,6 +38,13 @@ if TYPE_CHECKING:
 pytest_plugins = ["tests.support.mlflow_server"]
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+
+# Event-based waits: each waits for something to happen and fails only if it has not after GUARD_S, a bound far
+# above the time it takes (milliseconds) and far below the time it would take if the behaviour broke (NEVER_S).
+GUARD_S = 60.0
+NEVER_S = 3600.0  # an open_timeout that a test must never wait for
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -60,10 +71,51 @@ def _history(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
     return [(m.step, m.value) for m in _client(uri).get_metric_history(run_id, key)]
 
 
-def _timed(fn: Callable[..., Any], *args: Any) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start
+def _eventually(condition: Callable[[], bool], guard: float = GUARD_S) -> bool:
+    """Wait until ``condition()`` holds; False if it still does not after ``guard`` seconds."""
+    deadline = time.monotonic() + guard
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _returns(fn: Callable[[], T], guard: float = GUARD_S) -> T:
+    """``fn()``, run in a thread: fails the test if it has not returned after ``guard`` seconds (not a hang)."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            result.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(guard)
+    assert not thread.is_alive(), f"{fn} has not returned after {guard:.0f} s"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def _retry_waits(caplog: pytest.LogCaptureFixture, what: str = "") -> list[str]:
+    """The waits the registry logged before each retry (``retrying to <what> in 0.2 s``)."""
+    pattern = re.compile(r"retrying to (.*) in ([0-9.]+) s$")
+    found = [pattern.search(r.getMessage()) for r in caplog.records]
+    return [m.group(2) for m in found if m and what in m.group(1)]
+
+
+def _registry_calls(uri: str) -> list[Callable[[], object]]:
+    return [
+        lambda: tracking.register_version(uri, "m", "s3://b/ckpt", {}),
+        lambda: tracking.get_alias(uri, "m", "production"),
+        lambda: tracking.set_alias(uri, "m", "production", "1"),
+        lambda: tracking.list_versions(uri, "m"),
+        lambda: tracking.delete_alias(uri, "m", "production"),
+    ]
 
 
 @pytest.fixture
@@ -98,9 +150,7 @@ def test_lineage_tags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tags["ganops.version.mlflow"] and tags["ganops.version.torch"] and tags["ganops.version.ganops"]
     assert lineage_tags(job.spec, image="explicit:1", job="ns/x")["ganops.image"] == "explicit:1"
 
-    from ganops.trainer.loop import spec_hash as trainer_spec_hash  # the hash in the checkpoint manifest
-
-    assert tags["ganops.specHash"] == trainer_spec_hash(job.spec)
+    assert tags["ganops.specHash"] == spec_hash(job.spec)  # the hash in the checkpoint manifest
 
 
 def test_redact_hides_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -233,30 +283,43 @@ def test_outage_buffers_then_flushes_in_order(
     caplog.set_level(logging.WARNING, logger="ganops.tracking")
     mlflow_server.stop()
     try:
-        durations = []
-        for step in range(1, 201):
-            durations.append(_timed(running.log_metrics, {"loss": float(step), "lr": 1e-4}, step))
-            if step % 50 == 0:
-                durations.append(_timed(running.log_artifact_bytes, PNG, f"samples/step-{step:06d}.png"))
-                durations.append(_timed(running.set_tags, {"ganops.step": str(step)}))
-            if step == 20:
-                time.sleep(0.3)  # let the background sender notice the outage
-        assert max(durations) < 0.5, f"a logging call blocked for {max(durations):.3f} s"
+
+        def log_steps(steps: range) -> None:
+            for step in steps:
+                running.log_metrics({"loss": float(step), "lr": 1e-4}, step)
+                if step % 50 == 0:
+                    running.log_artifact_bytes(PNG, f"samples/step-{step:06d}.png")
+                    running.set_tags({"ganops.step": str(step)})
+
+        # Every call returns while the server is down (a call that waited for delivery would not return).
+        _returns(lambda: log_steps(range(1, 21)))
+        assert _eventually(lambda: running.degraded)  # the background sender noticed the outage
+        _returns(lambda: log_steps(range(21, 201)))
         assert not running.flush(0.3)  # still down: gives up waiting, keeps everything
         assert running.degraded
-        pending = running.pending()
-        assert pending.metric_points >= 300 and pending.artifacts == 4 and running.dropped.empty
+        pending = running.pending()  # nothing was sent or lost: everything logged during the outage waits
+        assert pending.metric_points == 400 and pending.artifacts == 4 and pending.tags == 4
+        assert running.dropped.empty
 
-        started = time.perf_counter()
         late_experiment = _name("exp")
-        late = Tracker.open(uri, late_experiment, "late", tags={**job_tags, JOB_TAG: "default/late"})
-        assert time.perf_counter() - started < 2.0
+        # open() returns once its first attempt has failed, without waiting for its timeout.
+        late = _returns(
+            lambda: Tracker.open(
+                uri, late_experiment, "late", tags={**job_tags, JOB_TAG: "default/late"}, open_timeout=NEVER_S
+            )
+        )
         assert late.degraded and late.run_id is None
-        late.log_params({"model.latentDim": "2"})
-        for step in range(10):
-            assert _timed(late.log_metrics, {"loss": float(step)}, step) < 0.5
-        late.log_artifact_bytes(PNG, "samples/step-000010.png")
-        assert late.pending().metric_points == 10
+
+        def log_late() -> None:
+            late.log_params({"model.latentDim": "2"})
+            for step in range(10):
+                late.log_metrics({"loss": float(step)}, step)
+            late.log_artifact_bytes(PNG, "samples/step-000010.png")
+
+        _returns(log_late)  # no run yet: every call returns at once (one waiting for the run would not return)
+        pending = late.pending()
+        assert pending.metric_points == 10 and pending.params == 1 and pending.artifacts == 1
+        assert late.run_id is None
 
         outage_warnings = [r for r in caplog.records if "unreachable" in r.getMessage()]
         assert len(outage_warnings) == 2, [r.getMessage() for r in caplog.records]  # one per tracker
@@ -285,29 +348,51 @@ def test_outage_buffers_then_flushes_in_order(
 
 
 def test_hung_server_does_not_block_logging(
-    mlflow_server: MlflowServer, job_tags: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    mlflow_server: MlflowServer, job_tags: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A server that accepts connections but never answers (SIGSTOP): requests time out in the background."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    """A server that accepts connections but never answers (SIGSTOP), behind proxies that count the requests it
+    gets: requests time out in the background, logging calls never wait for them, registry calls give up in time."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    caplog.set_level(logging.DEBUG, logger="ganops.tracking")
     uri = mlflow_server.start().url
-    tracker = Tracker.open(uri, _name("exp"), "r", tags=job_tags, retry_interval=0.5)
-    run_id = tracker.run_id
-    assert run_id
-    mlflow_server.pause()
-    try:
-        durations = [_timed(tracker.log_metrics, {"loss": float(step)}, step) for step in range(50)]
-        durations.append(_timed(tracker.log_artifact_bytes, PNG, "samples/hung.png"))
-        assert max(durations) < 0.5
-        assert not tracker.flush(1.5)
-        assert tracker.degraded
-        start = time.perf_counter()
-        with pytest.raises(TrackingUnavailable):  # promotion and serving get an answer, not a hang
-            tracking.get_alias(uri, "any-model", "production")
-        assert time.perf_counter() - start < 4.0
-    finally:
-        mlflow_server.resume()
-    assert tracker.flush(30)
-    assert tracker.finish(timeout=10)
+    with FaultProxy(uri) as proxy, FaultProxy(uri) as registry_proxy:
+        tracker = Tracker.open(proxy.url, _name("exp"), "r", tags=job_tags, retry_interval=0.5)
+        run_id = tracker.run_id
+        assert run_id
+        mlflow_server.pause()
+        try:
+            sent = proxy.counts["requests"]
+            tracker.log_metrics({"loss": 0.0}, 0)
+            assert _eventually(lambda: proxy.counts["requests"] == sent + 1)  # the sender waits for an answer
+            for step in range(1, 50):
+                tracker.log_metrics({"loss": float(step)}, step)
+            tracker.log_artifact_bytes(PNG, "samples/hung.png")
+            # Every call returned while that request was unanswered (it times out after 5 s) and none sent anything.
+            assert not tracker.degraded and proxy.counts["requests"] == sent + 1
+            pending = tracker.pending()
+            assert pending.metric_points == 50 and pending.artifacts == 1
+            assert not tracker.flush(1.5)
+            assert _eventually(lambda: tracker.degraded)  # the request timed out: retried later, nothing lost
+            assert tracker.dropped.empty
+
+            # Promotion and serving get an answer, not a hang: 1 s tries, 0.2 s and 0.5 s apart, fit the 5 s budget…
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+            with pytest.raises(TrackingUnavailable):
+                tracking.get_alias(registry_proxy.url, "any-model", "production")
+            assert registry_proxy.counts["requests"] == 3
+            assert _retry_waits(caplog, "any-model@production") == ["0.2", "0.5"]
+            # …but after a 3 s try, another would likely end after the budget: one try only.
+            monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+            caplog.clear()
+            with pytest.raises(TrackingUnavailable):
+                tracking.get_alias(registry_proxy.url, "any-model", "production")
+            assert registry_proxy.counts["requests"] == 4
+            assert _retry_waits(caplog, "any-model@production") == []
+        finally:
+            mlflow_server.resume()
+        assert tracker.flush(30)
+        assert tracker.finish(timeout=10)
     assert _history(uri, run_id, "loss") == [(s, float(s)) for s in range(50)]
 
 
@@ -315,9 +400,9 @@ def test_dead_server_drops_past_the_limits_and_reports(caplog: pytest.LogCapture
     uri = f"http://ganops:s3cret-pw@127.0.0.1:{free_port()}"  # nothing listens; credentials must not leak
     caplog.set_level(logging.DEBUG, logger="ganops.tracking")
     limits = BufferLimits(max_metric_points=100, max_artifact_bytes=3 * len(PNG))
-    start = time.perf_counter()
-    tracker = Tracker.open(uri, "exp", "r", limits=limits, retry_interval=0.5)
-    assert time.perf_counter() - start < 2.0 and tracker.degraded
+    # open() returns once its first attempt has failed, without waiting for its timeout.
+    tracker = _returns(lambda: Tracker.open(uri, "exp", "r", limits=limits, retry_interval=0.5, open_timeout=NEVER_S))
+    assert tracker.degraded
     for step in range(150):
         tracker.log_metrics({"loss": float(step)}, step)
     for step in range(5):
@@ -395,19 +480,24 @@ def test_registry_versions_and_aliases(mlflow_uri: str, job_tags: dict[str, str]
     assert not isinstance(refused.value, TrackingUnavailable)
 
 
-def test_registry_calls_raise_tracking_unavailable_on_a_dead_uri() -> None:
+def test_registry_calls_raise_tracking_unavailable_on_a_dead_uri(caplog: pytest.LogCaptureFixture) -> None:
     uri = f"http://user:pa55word@127.0.0.1:{free_port()}"
-    calls: list[Callable[[], object]] = [
-        lambda: tracking.register_version(uri, "m", "s3://b/ckpt", {}),
-        lambda: tracking.get_alias(uri, "m", "production"),
-        lambda: tracking.set_alias(uri, "m", "production", "1"),
-        lambda: tracking.list_versions(uri, "m"),
-        lambda: tracking.delete_alias(uri, "m", "production"),
-    ]
-    for call in calls:
-        start = time.perf_counter()
+    caplog.set_level(logging.DEBUG, logger="ganops.tracking")
+    for call in _registry_calls(uri):
+        caplog.clear()
         with pytest.raises(TrackingUnavailable) as excinfo:
             call()
-        assert time.perf_counter() - start < 3.0
         assert "pa55word" not in str(excinfo.value) and "127.0.0.1" in str(excinfo.value)
+        # Three tries, 0.2 s and 0.5 s apart: the caller has its answer in under a second.
+        assert _retry_waits(caplog) == ["0.2", "0.5"]
+        assert "pa55word" not in caplog.text
     assert not tracking.ping(uri, timeout=2)
+
+    # Those tries are the only requests (MLflow's own HTTP retries are off): a server that drops every request
+    # sees three per call.
+    with FaultProxy(uri) as dropping:
+        dropping.set_faults(FaultPlan(rate=1.0, kinds=("drop",)))
+        for done, call in enumerate(_registry_calls(dropping.url), start=1):
+            with pytest.raises(TrackingUnavailable):
+                call()
+            assert dropping.counts["requests"] == dropping.counts["fault:drop"] == 3 * done

@@ -26,10 +26,10 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Literal
 
-from ganops import images
+from ganops import contracts, images
 from ganops.api.spec import GanTrainingJob
 from ganops.cost import cost_of
-from ganops.tracking import JOB_UID_TAG, Tracker, flatten_spec, job_key, lineage_tags, redact
+from ganops.tracking import Tracker, flatten_spec, job_key, lineage_tags, redact
 from ganops.trainer.progress import event
 from ganops.trainer.telemetry import AttemptClock, SeenEvents, health_events_of, health_state_of
 
@@ -42,7 +42,7 @@ SAMPLE_SEED = 0  # the fixed latent seed of every logged grid: grids of differen
 IMAGE_GRID_SAMPLES = 64
 POINT_SAMPLES = 2000
 RUN_ID_KEY = "mlflowRunId"
-JOB_UID_ENV = "GANOPS_JOB_UID"  # the GanTrainingJob's Kubernetes UID, when the operator passes it
+JOB_UID_ENV = contracts.ENV_JOB_UID  # old name (tests/unit/test_operator_children.py still imports it)
 
 
 def step_name(step: int) -> str:
@@ -162,9 +162,9 @@ class MlflowTrainingHook:
         previous = stored_run_id(trainer)
         self._run_id = previous
         tags = lineage_tags(self.job, job=job_key(self.namespace, self.job_name))
-        uid = os.environ.get(JOB_UID_ENV, "").strip()
+        uid = os.environ.get(contracts.ENV_JOB_UID, "").strip()  # the job's Kubernetes UID, from the operator
         if uid:
-            tags[JOB_UID_TAG] = uid
+            tags[contracts.TAG_JOB_UID] = uid
         self.tracker = Tracker.open(
             self.tracking_uri, self.experiment, run_name=self.job_name, run_id=previous, tags=tags,
             open_timeout=self.open_timeout, artifact_location=self.artifact_location,
@@ -218,9 +218,8 @@ class MlflowTrainingHook:
             return
         last = fresh[-1]
         tracker.log_metrics({"health_events": float(len(fresh))}, step=trainer.step)
-        tracker.set_tags({
-            "ganops.health.lastEvent": f"{last.get('type')} at step {last.get('step')}: {last.get('message')}"[:4000],
-        })
+        summary = f"{last.get('type')} at step {last.get('step')}: {last.get('message')}"
+        tracker.set_tags({contracts.TAG_HEALTH_LAST_EVENT: summary[:4000]})
 
     def _log_samples(self, trainer: Trainer, tracker: Tracker, step: int | None = None) -> None:
         step = trainer.step if step is None else step
