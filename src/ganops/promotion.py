@@ -261,7 +261,7 @@ def _run_on_server(tracking_uri: str, run_id: str | None) -> str | None:
     if not run_id:
         return None
     try:
-        tracking._client(tracking_uri).get_run(run_id)
+        tracking.client(tracking_uri).get_run(run_id)
     except Exception as exc:
         if tracking.is_transient(exc):
             raise tracking.TrackingUnavailable(
@@ -284,7 +284,7 @@ def _existing_version(tracking_uri: str, model_name: str, checkpoint_uri: str,
 def _ensure_registry_experiment(tracking_uri: str, artifact_root: str) -> None:
     """Create the pointer experiment with its artifacts under ``artifact_root`` (MLflow's default for a local
     store is ``./mlruns`` relative to wherever the command runs)."""
-    client = tracking._client(tracking_uri)
+    client = tracking.client(tracking_uri)
     try:
         if client.get_experiment_by_name(contracts.REGISTRY_EXPERIMENT) is None:
             client.create_experiment(contracts.REGISTRY_EXPERIMENT,
@@ -303,7 +303,7 @@ def _log_grid(tracking_uri: str, run_id: str, png: bytes, path: str) -> None:
         with tempfile.TemporaryDirectory(prefix="ganops-promotion-") as tmp:
             local = Path(tmp) / name
             local.write_bytes(png)
-            tracking._client(tracking_uri).log_artifact(run_id, str(local), artifact_path=directory)
+            tracking.client(tracking_uri).log_artifact(run_id, str(local), artifact_path=directory)
     except Exception as exc:
         log.warning("promotion grid not logged to run %s: %s", run_id, tracking.redact(str(exc)))
 

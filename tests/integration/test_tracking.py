@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 
 from ganops import tracking
 from ganops.api.spec import spec_hash
+from ganops.contracts import TAG_CHECKPOINT_URI as CHECKPOINT_URI_TAG
+from ganops.contracts import TAG_JOB as JOB_TAG
 from ganops.tracking import (
-    CHECKPOINT_URI_TAG,
-    JOB_TAG,
     BufferLimits,
     Tracker,
     TrackingError,

@@ -179,7 +179,7 @@ def test_credentials_only_by_secret_reference() -> None:
 
 
 def test_the_trainer_gets_the_job_uid_it_tags_its_mlflow_run_with() -> None:
-    from ganops.trainer.tracking_hook import JOB_UID_ENV
+    from ganops.contracts import ENV_JOB_UID as JOB_UID_ENV  # what the trainer's tracking hook reads
 
     env = {e["name"]: e.get("value") for e in _container(children.training_job(OWNER, VARIANTS["cpu"], CONFIG,
                                                                                 attempt=2))["env"]}

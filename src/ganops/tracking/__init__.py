@@ -18,15 +18,11 @@ The package, by responsibility:
 :mod:`ganops.tracking.registry`        model versions, aliases, :func:`ping`
 =====================================  ========================================================================
 
-Tag and environment variable names are :mod:`ganops.contracts`'; the old names below (``JOB_TAG``, …) are aliases
-of those values, kept until every caller imports them from ``ganops.contracts``.
+Tag and environment variable names are :mod:`ganops.contracts`.
 """
 
 from __future__ import annotations
 
-from ganops import contracts
-from ganops.api.spec import spec_hash as spec_hash
-from ganops.tracking.connection import _client as _client
 from ganops.tracking.connection import client as client
 from ganops.tracking.errors import TrackingError as TrackingError
 from ganops.tracking.errors import TrackingUnavailable as TrackingUnavailable
@@ -51,32 +47,10 @@ from ganops.tracking.run import TERMINAL_STATUSES as TERMINAL_STATUSES
 from ganops.tracking.run import RunStatus as RunStatus
 from ganops.tracking.run import Tracker as Tracker
 
-# Old names of ganops.contracts values (still imported by promotion, serving and tests; the lead switches them).
-JOB_TAG = contracts.TAG_JOB
-JOB_UID_TAG = contracts.TAG_JOB_UID
-SPEC_HASH_TAG = contracts.TAG_SPEC_HASH
-DATASET_DIGEST_TAG = contracts.TAG_DATASET_DIGEST
-GIT_COMMIT_TAG = contracts.TAG_GIT_COMMIT
-IMAGE_TAG = contracts.TAG_IMAGE
-VERSION_TAG_PREFIX = contracts.TAG_VERSION_PREFIX
-CHECKPOINT_URI_TAG = contracts.TAG_CHECKPOINT_URI
-MLFLOW_GIT_COMMIT_TAG = contracts.MLFLOW_GIT_COMMIT_TAG
-REGISTRY_EXPERIMENT = contracts.REGISTRY_EXPERIMENT
-
 __all__ = [
-    "CHECKPOINT_URI_TAG",
-    "DATASET_DIGEST_TAG",
-    "GIT_COMMIT_TAG",
-    "IMAGE_TAG",
-    "JOB_TAG",
-    "JOB_UID_TAG",
     "MAX_PARAM_VALUE_CHARS",
-    "MLFLOW_GIT_COMMIT_TAG",
-    "REGISTRY_EXPERIMENT",
     "RESUMABLE_STATUSES",
-    "SPEC_HASH_TAG",
     "TERMINAL_STATUSES",
-    "VERSION_TAG_PREFIX",
     "BufferLimits",
     "ModelVersionInfo",
     "RunStatus",
@@ -97,5 +71,4 @@ __all__ = [
     "redact",
     "register_version",
     "set_alias",
-    "spec_hash",
 ]

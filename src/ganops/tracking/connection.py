@@ -31,7 +31,6 @@ def client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-_client = client  # the old private name; promotion still calls tracking._client (to be switched to client)
 
 
 def _quote(value: str) -> str:

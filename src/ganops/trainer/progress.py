@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import IO, Any
+from typing import IO
 
 from ganops import logs
 
@@ -47,8 +47,3 @@ class Progress:
         if self.enabled and self.interactive:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def event(name: str, **fields: Any) -> None:
-    """Deprecated: `ganops.logs.event` with the caller's own logger."""
-    logs.event(log, name, **fields)

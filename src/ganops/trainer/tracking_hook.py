@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Literal
 from ganops import contracts, images
 from ganops.api.spec import GanTrainingJob
 from ganops.cost import cost_of
+from ganops.logs import event
 from ganops.tracking import Tracker, flatten_spec, job_key, lineage_tags, redact
-from ganops.trainer.progress import event
 from ganops.trainer.telemetry import AttemptClock, SeenEvents, health_events_of, health_state_of
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ SAMPLE_SEED = 0  # the fixed latent seed of every logged grid: grids of differen
 IMAGE_GRID_SAMPLES = 64
 POINT_SAMPLES = 2000
 RUN_ID_KEY = "mlflowRunId"
-JOB_UID_ENV = contracts.ENV_JOB_UID  # old name (tests/unit/test_operator_children.py still imports it)
 
 
 def step_name(step: int) -> str:
@@ -172,7 +171,7 @@ class MlflowTrainingHook:
         self.tracker.log_params(flatten_spec(self.job))
         run_id = self.run_id
         self._remember_run_id(trainer)
-        event("mlflow_run", run_id=run_id, resumed=self.tracker.resumed if run_id else None,
+        event(log, "mlflow_run", run_id=run_id, resumed=self.tracker.resumed if run_id else None,
               experiment=self.experiment, tracking_uri=redact(self.tracking_uri),
               reachable=not self.tracker.degraded)
 
@@ -247,9 +246,10 @@ class MlflowTrainingHook:
             tracker.finish(status, timeout)
         self._report = tracker.report()
         if self._report:
-            event("mlflow_incomplete", run_id=self.run_id, lost=self._report, tracking_uri=redact(self.tracking_uri))
+            event(log, "mlflow_incomplete", run_id=self.run_id, lost=self._report,
+                  tracking_uri=redact(self.tracking_uri))
         else:
-            event("mlflow_complete", run_id=self.run_id, status=status or "RUNNING")
+            event(log, "mlflow_complete", run_id=self.run_id, status=status or "RUNNING")
         return self._report
 
     def __repr__(self) -> str:
