@@ -11,6 +11,7 @@ clients that failed together do not come back together.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,7 +30,9 @@ class RetryPolicy:
     max_delay: float = 10.0
     multiplier: float = 2.0
     jitter: bool = True
-    budget_s: float | None = None  # no retry that would start later than this after the first try
+    # No retry that would likely end later than this after the first try began, judged by how long the last try
+    # took (so a server that hangs costs about one timeout, not `attempts` of them).
+    budget_s: float | None = None
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number ``retry`` (0 for the first retry)."""
@@ -54,9 +57,20 @@ def call(
     When it gives up, the last exception propagates unchanged (callers translate it; `attempts_made` tells how
     many tries were made). ``on_retry(exc, attempt, delay)`` is called before each sleep (for a log line), with the
     number of the try that just failed (1 for the first) and the seconds about to be slept."""
-    stop: tenacity.stop.stop_base = tenacity.stop_after_attempt(max(1, policy.attempts))
-    if policy.budget_s is not None:
-        stop = stop | tenacity.stop_before_delay(policy.budget_s)
+    started: list[float] = []  # when each try began
+
+    def attempt() -> T:
+        started.append(time.monotonic())
+        return fn()
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= max(1, policy.attempts):
+            return True
+        if policy.budget_s is None:
+            return False
+        now = time.monotonic()
+        last_try = now - started[-1]
+        return (now - started[0]) + state.upcoming_sleep + last_try > policy.budget_s
 
     def wait(state: tenacity.RetryCallState) -> float:
         return policy.delay(state.attempt_number - 1)
@@ -71,7 +85,7 @@ def call(
         stop=stop, wait=wait, retry=tenacity.retry_if_exception(retry_if), before_sleep=before_sleep, reraise=True,
     )
     try:
-        return retrying(fn)
+        return retrying(attempt)
     except Exception as exc:
         exc.ganops_attempts = int(retrying.statistics.get("attempt_number", 1))  # type: ignore[attr-defined]
         raise

@@ -205,15 +205,17 @@ def test_budget_stops_a_retry_that_would_start_too_late(clock: list[float]) -> N
 
 
 def test_budget_counts_the_time_the_tries_take(clock: list[float]) -> None:
-    # Each try takes 1 s on the clock: with a 1.5 s budget the retry after the second try would start at 2 s.
+    # Each try takes 1 s on the clock; a retry must be likely to end within the budget, judged by the last try: with
+    # 1.5 s the second try would end near 2 s (none is made), with 2.5 s it fits but a third (near 3 s) does not.
     def slow() -> str:
         clock[0] += 1.0
         raise Transient()
 
-    policy = RetryPolicy(attempts=10, base_delay=0.001, jitter=False, budget_s=1.5)
-    with pytest.raises(Transient) as info:
-        call(slow, policy, retry_if=transient_only)
-    assert attempts_made(info.value) == 2
+    for budget, tries in ((1.5, 1), (2.5, 2), (3.5, 3)):
+        policy = RetryPolicy(attempts=10, base_delay=0.001, jitter=False, budget_s=budget)
+        with pytest.raises(Transient) as info:
+            call(slow, policy, retry_if=transient_only)
+        assert attempts_made(info.value) == tries, budget
 
 
 def test_a_large_budget_leaves_the_attempts_in_charge(clock: list[float]) -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import tempfile
 import threading
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Mapping
@@ -79,22 +78,10 @@ REGISTRY_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=0.5, multipli
 
 
 def _registry_call(tracking_uri: str, what: str, fn: Callable[[], T], policy: RetryPolicy = REGISTRY_RETRY) -> T:
-    """Run ``fn``; retry transient errors briefly under ``policy``, skipping any try that would likely end after
-    ``policy.budget_s`` (judged by how long the last try took, so a hung server costs about one HTTP timeout); map
-    failures to TrackingUnavailable / TrackingError."""
-    budget_s = policy.budget_s if policy.budget_s is not None else float("inf")
-    start = time.monotonic()
-    tries: list[float] = []  # when each try started
-
-    def attempt() -> T:
-        tries.append(time.monotonic())
-        return fn()
-
+    """Run ``fn``; retry transient errors briefly under ``policy`` (no try that would likely end after its budget, so
+    a hung server costs about one HTTP timeout); map failures to TrackingUnavailable / TrackingError."""
     def retry_if(exc: BaseException) -> bool:
-        if isinstance(exc, TrackingError) or not is_transient(exc):
-            return False
-        now = time.monotonic()
-        return (now - start) + policy.delay(len(tries) - 1) + (now - tries[-1]) <= budget_s  # next try fits
+        return not isinstance(exc, TrackingError) and is_transient(exc)
 
     def on_retry(exc: BaseException, attempt_number: int, delay: float) -> None:
         _LOG.debug(
@@ -102,7 +89,7 @@ def _registry_call(tracking_uri: str, what: str, fn: Callable[[], T], policy: Re
         )
 
     try:
-        return retry.call(attempt, policy, retry_if=retry_if, on_retry=on_retry)
+        return retry.call(fn, policy, retry_if=retry_if, on_retry=on_retry)
     except TrackingError:
         raise
     except Exception as exc:
