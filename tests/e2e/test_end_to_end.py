@@ -508,7 +508,8 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/digits-e2e-b/step-")
     poll(lambda: traffic.seen and traffic.seen[-1] == (200, second["promotedVersion"]), 60,
          "the server swaps to version 2")
-    time.sleep(1.0)
+    swapped = len(traffic.seen)
+    poll(lambda: len(traffic.seen) >= swapped + 5, 60, "five more answers after the swap (none may be version 1)")
     traffic.stop()
     mark("swapped to the second version")
     outcomes = list(traffic.seen)
