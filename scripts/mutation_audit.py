@@ -299,9 +299,12 @@ def markdown(report: dict[str, Any], equivalent: dict[str, dict[str, str]]) -> s
     lines = ["# Mutation audit", "",
              "`python -m scripts.mutation_audit` (scripts/mutation_audit.py): one AST mutant at a time, each run "
              "against the module's own unit tests (`pytest -x`). Score = killed / (killed + survived); a timeout "
-             "counts as killed.", "",
-             "| module | tests | label | mutants | killed | timed out | survived | equivalent | score |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "counts as killed. `before`: the tests as they were before the audit (a module without a test file "
+             "of its own: the tests that exercised it); `after`: with the tests the audit added. Equivalent "
+             "mutants (no input can tell them from the original) are judged in `mutation_equivalent.json`.", "",
+             "| module | tests | label | mutants | killed | timed out | survived | of them equivalent | score | "
+             "score without the equivalent |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for module, entry in sorted(report["modules"].items()):
         for label in ("before", "after"):
             run = entry["runs"].get(label)
@@ -309,8 +312,10 @@ def markdown(report: dict[str, Any], equivalent: dict[str, dict[str, str]]) -> s
                 continue
             judged = sum(1 for s in run["survivors"] if s["id"] in equivalent.get(module, {}))
             tests = "<br>".join(f"`{t}`" for t in run["tests"])
+            killed = run["killed"] + run["timeout"]
+            clean = killed / (run["total"] - judged) if run["total"] > judged else 1.0
             lines.append(f"| `{module}` | {tests} | {label} | {run['total']} | {run['killed']} | {run['timeout']} | "
-                         f"{run['survived']} | {judged} | {run['score']:.1%} |")
+                         f"{run['survived']} | {judged} | {run['score']:.1%} | {clean:.1%} |")
     lines += ["", "## Surviving mutants (after)", ""]
     for module, entry in sorted(report["modules"].items()):
         run = entry["runs"].get("after") or entry["runs"].get("before")
@@ -330,16 +335,28 @@ def markdown(report: dict[str, Any], equivalent: dict[str, dict[str, str]]) -> s
     return "\n".join(lines)
 
 
+def write_markdown(report: Path) -> None:
+    equivalent_path = report.parent / f"{report.name}_equivalent.json"
+    equivalent = json.loads(equivalent_path.read_text()) if equivalent_path.is_file() else {}
+    report.with_suffix(".md").write_text(markdown(load_report(report.with_suffix(".json")), equivalent) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--module", required=True, type=Path, help="the module under src/ to mutate")
-    parser.add_argument("--tests", required=True, action="append", help="a test file (repeatable)")
+    parser.add_argument("--module", type=Path, help="the module under src/ to mutate")
+    parser.add_argument("--tests", action="append", help="a test file (repeatable)")
     parser.add_argument("--label", default="after", choices=("before", "after"))
     parser.add_argument("--report", default=REPO / "reports" / "mutation", type=Path,
                         help="path without suffix: writes .json and .md")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per mutant (default: 3 × baseline + 10)")
     parser.add_argument("--only", action="append", default=[], help="run only these mutant ids (repeatable)")
+    parser.add_argument("--render", action="store_true", help="only rewrite <report>.md from <report>.json")
     args = parser.parse_args(argv)
+    if args.render:
+        write_markdown(args.report)
+        return 0
+    if args.module is None or not args.tests:
+        parser.error("--module and --tests are required")
 
     sys.dont_write_bytecode = True  # children import mutants under real paths: no .pyc may be written
     path = args.module.resolve()
@@ -392,9 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     report["modules"].setdefault(rel, {"runs": {}})["runs"][args.label] = run
     report_json.parent.mkdir(parents=True, exist_ok=True)
     report_json.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    equivalent_path = args.report.parent / f"{args.report.name}_equivalent.json"
-    equivalent = json.loads(equivalent_path.read_text()) if equivalent_path.is_file() else {}
-    args.report.with_suffix(".md").write_text(markdown(report, equivalent) + "\n")
+    write_markdown(args.report)
     print(f"{rel} [{args.label}]: {killed}/{total} killed ({run['score']:.1%}), {run['survived']} survived")
     return 0
 

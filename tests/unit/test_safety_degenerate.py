@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from ganops.serving.safety import DegenerateFilter, RequestContext, Sample, make_samples
+from ganops.serving.safety import DegenerateFilter, RequestContext, Sample, Verdict, make_samples
 
 CTX = RequestContext("req")
 
@@ -138,3 +138,9 @@ def test_several_requests_are_judged_each_on_its_own() -> None:
                                                         ["pass", "block"]]
     assert groups[1][1].reason == "degenerate: near-duplicate of sample 0 in this response"
     assert all(v.filter == "degenerate" for g in groups for v in g)
+
+
+def test_integer_raw_data_has_no_non_finite_values() -> None:
+    pixels = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    raw = pixels.transpose(2, 0, 1).astype(np.int64)  # a generator that hands over integers
+    assert DegenerateFilter().check([Sample(0, pixels, raw=raw)], CTX) == [Verdict("degenerate", "pass")]
