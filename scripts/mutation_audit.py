@@ -359,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--module and --tests are required")
 
     sys.dont_write_bytecode = True  # children import mutants under real paths: no .pyc may be written
+    # this checkout's ganops and tests, whatever the environment's install points at (and for subprocesses too)
+    for path_entry in (str(REPO), str(SRC)):
+        if path_entry in sys.path:
+            sys.path.remove(path_entry)
+        sys.path.insert(0, path_entry)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     path = args.module.resolve()
     name = module_name(path)
     rel = str(path.relative_to(REPO))
