@@ -4,16 +4,19 @@ must reject exactly what the pydantic rules reject."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pydantic
 import pytest
 import yaml
 
 from ganops.api.crd import build_crd, crd_yaml
 from ganops.api.loader import JobFileError, job_from_object
 from ganops.api.rules import RULES
+from ganops.api.spec import GanTrainingJobSpec
 from tests.support.schema import KUBERNETES_VERSION, apply_defaults, cel_failures, openapi_errors
 
 ROOT = Path(__file__).parents[2]
@@ -121,6 +124,10 @@ MUTATIONS: list[tuple[str, Any, bool]] = [
     ("s3 dataset", lambda o: o["spec"]["dataset"].update(uri="s3://b/x.zip"), True),
     ("gs dataset", lambda o: o["spec"]["dataset"].update(uri="gs://b/x.zip"), False),
     ("gs checkpoint", lambda o: o["spec"]["checkpoint"].update(uri="gs://b"), False),
+    ("file dataset", lambda o: o["spec"]["dataset"].update(uri="file:///data/digits.zip"), True),
+    ("file checkpoint", lambda o: o["spec"]["checkpoint"].update(uri="file:///var/ckpt"), True),
+    ("classes on grid", lambda o: (g := _grid())["spec"]["model"].update(numClasses=2) or g, False),
+    ("mlp and rgb on digits", lambda o: o["spec"]["model"].update(architecture="mlp", channels=3), False),
 ]
 
 
@@ -148,3 +155,19 @@ def test_every_rule_is_exercised_by_a_mutation() -> None:
     for _, mutate, _valid in MUTATIONS:
         rejected |= set(cel_failures(SCHEMA, apply_defaults(SCHEMA, _mutated(mutate))))
     assert {r.full_message for r in RULES} <= rejected
+
+
+def test_broken_rules_are_reported_together_and_rules_are_fixed() -> None:
+    obj = _base()
+    obj["spec"]["model"].update(architecture="mlp", channels=3)
+    with pytest.raises(JobFileError) as info:
+        job_from_object(obj)
+    assert info.value.problems == [
+        "spec.model.architecture must be 'mlp' for the 2-D datasets (builtin:ring8, builtin:grid25) and 'dcgan' or "
+        "'resnet' for image datasets: change the architecture or the dataset",
+        "spec.model.channels must be 1 for builtin:digits (grey-scale)"]
+    with pytest.raises(pydantic.ValidationError) as raw:
+        GanTrainingJobSpec.model_validate(obj["spec"])
+    assert raw.value.errors()[0]["msg"] == "; ".join(p.removeprefix("spec.") for p in info.value.problems)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RULES[0].message = "x"  # type: ignore[misc]

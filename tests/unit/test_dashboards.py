@@ -17,6 +17,8 @@ import pytest
 import yaml
 from dashboards import build, contract
 
+from tests.support import exporters
+
 PROMTOOL = shutil.which("promtool")
 DASHBOARDS = contract.load_dashboards()
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "table", "gauge"}
@@ -205,3 +207,29 @@ def test_dashboards_are_valid_json_files() -> None:
     for path in contract.GRAFANA_DIR.glob("*.json"):
         json.loads(path.read_text())
         assert path.read_text().endswith("\n")
+
+
+def test_external_exporters_are_named_as_in_metrics_md() -> None:
+    """The allow-list of series ganops does not export names the same exporters as METRICS.md, and nothing else."""
+    documented = exporters.metrics_md_exporters()
+    external = {s: by for s, by in documented.items() if not exporters.components_of(by)}
+    assert external == exporters.EXTERNAL_EXPORTERS
+    assert set(exporters.EXTERNAL_EXPORTERS) == set(contract.ECOSYSTEM)
+    assert {s: documented[s] for s in contract.GPU_ONLY} == exporters.GPU_ONLY
+
+
+def test_every_series_a_dashboard_or_rule_reads_has_an_exporter() -> None:
+    """A series nobody exports fails here by name: fix the query, export it, or name its external exporter."""
+    assert exporters.exported_by_nobody() == {}
+
+
+def test_the_exporter_check_finds_a_series_nobody_exports(monkeypatch: pytest.MonkeyPatch) -> None:
+    queries = contract.panel_queries()
+    extra = [*queries, contract.PanelQuery("training", "t", 999, "p", "stat", "Z",
+                                           "sum(ganops_train_nobody_exports_total) + ganops_serving_ready", True)]
+    monkeypatch.setattr(contract, "panel_queries", lambda dashboards=None: extra)
+    assert exporters.exported_by_nobody() == {
+        "ganops_train_nobody_exports_total": "no ganops component exports it and it is on no external exporter's "
+                                             "allow-list"}
+    assert exporters.exported_in_source("ganops_job_cost_usd_total", "operator")  # a counter, declared bare
+    assert not exporters.exported_in_source("ganops_serving_ready", "trainer")

@@ -292,12 +292,37 @@ def test_spectral_norm_bounds_every_d_layer() -> None:
         assert torch.linalg.matrix_norm(weight, ord=2).item() == pytest.approx(1.0, abs=0.05)
 
 
-def test_model_state_dicts_are_safetensors_ready(tmp_path: Path) -> None:
-    g, d = build_models(spec(architecture="resnet", image_size=32, spectral_norm=True, num_classes=3))
-    for name, module in (("g", g), ("d", d)):
+@pytest.mark.parametrize("architecture,size", [("resnet", 32), ("dcgan", 16), ("mlp", 8)])
+def test_model_state_dicts_are_safetensors_ready(tmp_path: Path, architecture: str, size: int) -> None:
+    """save → load → the same keys, dtypes, shapes and bits, and a differently initialised copy that loads the
+    file computes exactly what the original computes (spectral norm's vectors and BatchNorm's statistics too)."""
+    model_spec = spec(architecture=architecture, image_size=size, spectral_norm=True, num_classes=3,
+                      minibatch_std=True)
+    torch.manual_seed(0)
+    g, d = build_models(model_spec)
+    z = sample_latent(N, LATENT, torch.Generator().manual_seed(1), "cpu")
+    d(g(z, labels(3)), labels(3))  # a training-mode forward moves the power-iteration vectors and BN statistics
+    torch.manual_seed(1)
+    g2, d2 = build_models(model_spec)  # other initial weights: the load must overwrite every one of them
+    for name, module, copy in (("g", g, g2), ("d", d, d2)):
         state = {k: v.contiguous().clone() for k, v in module.state_dict().items()}
-        save_file(state, str(tmp_path / f"{name}.safetensors"))
-        module.load_state_dict(load_file(str(tmp_path / f"{name}.safetensors")))
+        path = tmp_path / f"{name}.safetensors"
+        save_file(state, str(path))
+        loaded = load_file(str(path))
+        assert set(loaded) == set(state) == set(copy.state_dict())
+        for key, tensor in state.items():
+            assert loaded[key].dtype == tensor.dtype and loaded[key].shape == tensor.shape, key
+            assert torch.equal(loaded[key], tensor), key
+        assert any(not torch.equal(copy.state_dict()[k], state[k]) for k in state)  # a real overwrite below
+        result = copy.load_state_dict(loaded, strict=True)
+        assert (result.missing_keys, result.unexpected_keys) == ([], [])
+        for key, tensor in copy.state_dict().items():
+            assert torch.equal(tensor, state[key]), key
+        module.eval()
+        copy.eval()
+        with torch.no_grad():
+            x = z if name == "g" else g(z, labels(3))
+            assert torch.equal(copy(x, labels(3)), module(x, labels(3))), f"{name}: the loaded copy computes otherwise"
 
 
 # ---------------------------------------------------------------- latents

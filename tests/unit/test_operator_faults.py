@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from ganops.checkpoints import LatestRecord
-from ganops.operator.faults import attempt_outcome, decide, pod_fate
+from ganops.operator.faults import AttemptOutcome, Decision, PodFate, attempt_outcome, decide, pod_fate
 from ganops.operator.observe import JobView, PodView
 
 
@@ -92,3 +93,54 @@ def test_decisions() -> None:
     assert zero is not None and zero.action == "fail"
     running = attempt_outcome(JOB, [pod()], replicas=1, total_steps=10, record=None)
     assert decide(running, preemptions=0, failures=0, backoff_limit=3) is None
+
+
+# ------------------------------------------------------------------------ pinned by the mutation audit
+@pytest.mark.parametrize("reason", ["Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
+                                    "UnexpectedAdmissionError"])
+def test_every_platform_pod_reason_is_a_disruption(reason: str) -> None:
+    assert pod_fate(pod("Failed", reason=reason, exit_code=1)) == PodFate("disrupted", reason, 1)
+    # the same reason on the Job's Failed condition, its pods gone
+    gone = JobView(name="j", attempt=1, failed_reason=reason, failed_message="m")
+    assert attempt_outcome(gone, [], replicas=1, total_steps=10, record=None) == AttemptOutcome(
+        "disrupted", reason, "Job j failed: m")
+
+
+def test_outcomes_carry_exactly_their_reason_and_message() -> None:
+    def outcome(job: JobView, pods: list[PodView], replicas: int = 1) -> AttemptOutcome:
+        return attempt_outcome(job, pods, replicas=replicas, total_steps=10, record=None)
+
+    assert outcome(JOB, [pod("Running")]) == AttemptOutcome("running", "", "", None)
+    assert outcome(JOB, [pod("Pending")]) == AttemptOutcome("pending", "", "", None)
+    assert outcome(JobView(name="j", attempt=1, suspended=True), []) == AttemptOutcome(
+        "queued", "Suspended", "Job j waits for admission")
+    assert outcome(JOB, [pod("Succeeded", exit_code=0)]) == AttemptOutcome(
+        "succeeded", "Completed", "every replica finished")
+    assert outcome(JOB, [pod("Failed", terminated_reason="Error")]) == AttemptOutcome(
+        "failed", "Error", "pod p-0 failed (Error, no exit code)")
+    # success by the Job's counter when the pods are gone; none with zero replicas and nothing done
+    assert outcome(JobView(name="j", attempt=1, succeeded=2), [], replicas=2).kind == "succeeded"
+    assert outcome(JobView(name="j", attempt=1, succeeded=1), [], replicas=2).kind == "pending"
+    assert outcome(JOB, [], replicas=0) == AttemptOutcome("pending")
+
+
+@pytest.mark.parametrize(("kind", "finished"), [
+    ("missing", False), ("queued", False), ("pending", False), ("running", False),
+    ("succeeded", True), ("disrupted", True), ("failed", True),
+])
+def test_finished_means_the_attempt_is_over(kind: str, finished: bool) -> None:
+    assert AttemptOutcome(kind).finished is finished  # type: ignore[arg-type]
+
+
+def test_a_disruption_relaunches_as_preempted_without_spending_backoff() -> None:
+    disrupted = AttemptOutcome("disrupted", "Evicted", "pod p-0 was disrupted (Evicted)")
+    assert decide(disrupted, preemptions=0, failures=2, backoff_limit=2) == Decision(
+        "relaunch", 1, 2, "Preempted",
+        "pod p-0 was disrupted (Evicted); relaunching from the latest checkpoint (backoff not spent)")
+
+
+def test_verdicts_are_immutable() -> None:
+    for value, field in ((PodFate("running"), "kind"), (AttemptOutcome("running"), "kind"),
+                         (Decision("fail", 0, 1, "r", "m"), "action")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(value, field, "x")

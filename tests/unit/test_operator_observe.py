@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from typing import Any
@@ -12,6 +13,7 @@ from pydantic import ValidationError
 from ganops.api.loader import spec_from_object
 from ganops.api.spec import Cost, GanTrainingJobStatus
 from ganops.checkpoints import LatestRecord
+from ganops.cost import CostFigures
 from ganops.operator import budget
 from ganops.operator.controller import merge_patch
 from ganops.operator.observe import JobView, PodView, job_view, parse_time, pod_view
@@ -109,6 +111,63 @@ def test_cost_figures_take_the_larger_of_observed_and_reported() -> None:
     assert budget.verdict(spec, budget.figures(spec, budget.Accounting(1, 7200.0), None)).exceeded  # 2 GPU-hours
     unbounded = spec_from_object(grid_job("g")["spec"])
     assert budget.verdict(unbounded, figures) == budget.BudgetVerdict(None, False, False)
+
+
+def _running(name: str, attempt: int, seconds: float) -> PodView:
+    return PodView(name=name, attempt=attempt, index=0, phase="Running",
+                   started=NOW - dt.timedelta(seconds=seconds))
+
+
+def test_accrual_counts_only_running_time_of_this_attempt_in_any_order() -> None:
+    pods = [_pod("old", 0, 99), _running("a", 1, 0.25), PodView(name="pending", attempt=1, index=1, phase="Pending")]
+    acc = budget.accrue(budget.Accounting(), 1, pods, 2, NOW)
+    # another attempt's pod first does not end the walk; a quarter second counts; a pending pod gets no entry
+    assert acc == budget.Accounting(1, 0.0, {"a": 0.5})
+    assert budget.accrue(budget.Accounting(), 1, [_running("b", 1, 0)], 1, NOW).pods == {}
+    acc = budget.accrue(acc, 1, [_running("a", 1, 0.1)], 2, NOW)  # a stale reading never lowers a pod's time
+    assert acc.pods == {"a": 0.5}
+
+
+def test_accounting_wire_form_and_defaults() -> None:
+    acc = budget.Accounting(3, 1.23456, {"b": 2.0004, "a": 1.9996})
+    assert acc.as_wire() == {"attempt": 3, "bankedGpuSeconds": 1.235, "pods": {"a": 2.0, "b": 2.0}}
+    assert budget.Accounting() == budget.Accounting(0, 0.0, {})
+    assert budget.Accounting.from_wire({}) == budget.Accounting(0, 0.0, {})
+    assert budget.Accounting.from_wire({"pods": {"a": 1, "bad": "x"}}) == budget.Accounting(0, 0.0, {"a": 1.0})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        acc.attempt = 4  # type: ignore[misc]
+
+
+def test_cost_figures_take_each_figure_from_its_largest_source() -> None:
+    spec = spec_from_object(grid_job("g", resources={"gpusPerReplica": 1}, budget={"pricePerGPUHour": 2.0})["spec"])
+    observed = budget.Accounting(1, 360.0, {})  # 0.1 GPU-hours, $0.2
+    assert budget.figures(spec, observed, LatestRecord(step=1, uri="x")) == CostFigures(gpu_hours=0.1, usd=0.2)
+    assert budget.figures(spec, observed, LatestRecord(step=1, uri="x", cost_gpu_hours=0.5)) == CostFigures(
+        gpu_hours=0.5, usd=0.2)
+    # what status already said: each figure separately, a missing one is no floor
+    assert budget.figures(spec, observed, None, {"usd": 11.0}) == CostFigures(gpu_hours=0.1, usd=11.0)
+    assert budget.figures(spec, observed, None, {"gpuHours": 0.7}) == CostFigures(gpu_hours=0.7, usd=0.2)
+    assert budget.figures(spec, observed, None, {"usd": 0.1, "gpuHours": 0.05}) == CostFigures(
+        gpu_hours=0.1, usd=0.2)
+
+
+def test_budget_verdict_boundaries_and_description() -> None:
+    both = spec_from_object(grid_job("g", budget={"maxCostUSD": 10, "maxGPUHours": 2})["spec"])
+    full = CostFigures(gpu_hours=1.0, usd=10.0)
+    verdict = budget.verdict(both, full)
+    assert verdict == budget.BudgetVerdict(1.0, True, True)  # exactly the budget: exceeded
+    assert verdict.describe(both, full) == "100% of the budget spent ($10.00 of $10.00, 1.000 of 2 GPU-hours)"
+    usd_only = spec_from_object(grid_job("g", budget={"maxCostUSD": 10})["spec"])
+    assert budget.verdict(usd_only, CostFigures(gpu_hours=9.0, usd=8.0)) == budget.BudgetVerdict(0.8, True, False)
+    assert budget.verdict(usd_only, CostFigures(gpu_hours=9.0, usd=7.9)).warn is False
+    assert budget.verdict(usd_only, full).describe(usd_only, full) == "100% of the budget spent ($10.00 of $10.00)"
+    hours_only = spec_from_object(grid_job("g", budget={"maxGPUHours": 4})["spec"])
+    assert budget.verdict(hours_only, full).describe(hours_only, full) == (
+        "25% of the budget spent (1.000 of 4 GPU-hours)")
+    none = spec_from_object(grid_job("g")["spec"])  # a budget removed from a BudgetExceeded job: BudgetRaised
+    assert budget.verdict(none, full).describe(none, full).startswith("no budget")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verdict.warn = False  # type: ignore[misc]
 
 
 def test_merge_patch() -> None:

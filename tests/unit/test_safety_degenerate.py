@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from ganops.serving.safety import DegenerateFilter, RequestContext, Sample, make_samples
+from ganops.serving.safety import DegenerateFilter, RequestContext, Sample, Verdict, make_samples
 
 CTX = RequestContext("req")
 
@@ -93,3 +93,54 @@ def test_pixels_without_raw_are_checked_too() -> None:
     flat = Sample(0, np.full((8, 8, 3), 77, dtype=np.uint8))
     varied = Sample(1, np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8))
     assert outcomes([flat, varied]) == ["block", "pass"]
+
+
+# ------------------------------------------------------------------------ pinned by the mutation audit
+def grey(values: list[int], channels: int = 1, side: int = 16) -> Sample:
+    """An image whose pixels take `values` in equal shares (all channels alike), as uint8 HWC."""
+    flat = np.repeat(np.array(values, dtype=np.uint8), side * side // len(values))
+    return Sample(0, np.repeat(flat.reshape(side, side, 1), channels, axis=2))
+
+
+def test_thresholds_are_inclusive_where_documented() -> None:
+    # std exactly std_eps is not "below" it: 100/102 in halves has variance 1, std 1/255 on the 0-1 scale
+    assert outcomes([grey([100, 102])], DegenerateFilter(std_eps=1 / 255)) == ["pass"]
+    assert outcomes([grey([100, 102])], DegenerateFilter(std_eps=1 / 255 + 1e-9)) == ["block"]
+    # a truly constant image has std 0, below any positive std_eps
+    verdict = DegenerateFilter(std_eps=0.003).check([grey([100])], CTX)[0]
+    assert (verdict.outcome, verdict.score) == ("block", 0.0)
+    # "at least blank_fraction" black or white, a pixel at black_level/white_level counts (RGB: channel mean)
+    half = DegenerateFilter(blank_fraction=0.5)
+    black = half.check([grey([8, 200], channels=3)], CTX)[0]
+    assert (black.outcome, black.reason, black.score) == ("block", "degenerate: blank image (50.0% black)", 0.5)
+    white = half.check([grey([247, 50], channels=3)], CTX)[0]
+    assert (white.filter, white.outcome, white.reason) == ("degenerate", "block",
+                                                           "degenerate: blank image (50.0% white)")
+    assert outcomes([grey([9, 200], channels=3), grey([246, 50], channels=3)], half) == ["pass", "pass"]
+
+
+def test_two_copies_are_enough_for_a_duplicate_and_the_distance_bound_is_exclusive() -> None:
+    pair = make_samples(np.repeat(digits(1, 16), 2, axis=0))
+    assert outcomes(pair) == ["pass", "block"]
+    near = digits(2, 16)
+    near[1] = near[0] + 0.05
+    found = DegenerateFilter(duplicate_distance=10.0).check(make_samples(near), CTX)[1]
+    assert found.outcome == "block" and found.score is not None and found.score > 0
+    assert outcomes(make_samples(near), DegenerateFilter(duplicate_distance=found.score)) == ["pass", "pass"]
+
+
+def test_several_requests_are_judged_each_on_its_own() -> None:
+    first = make_samples(digits(2, 16))
+    copies = make_samples(np.repeat(digits(1, 16), 2, axis=0))
+    blank = make_samples(np.full((1, 1, 16, 16), -1.0, dtype=np.float32))
+    groups = DegenerateFilter().check_groups([first, copies, blank, copies], [CTX] * 4)
+    assert [[v.outcome for v in g] for g in groups] == [["pass", "pass"], ["pass", "block"], ["block"],
+                                                        ["pass", "block"]]
+    assert groups[1][1].reason == "degenerate: near-duplicate of sample 0 in this response"
+    assert all(v.filter == "degenerate" for g in groups for v in g)
+
+
+def test_integer_raw_data_has_no_non_finite_values() -> None:
+    pixels = np.random.default_rng(2).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    raw = pixels.transpose(2, 0, 1).astype(np.int64)  # a generator that hands over integers
+    assert DegenerateFilter().check([Sample(0, pixels, raw=raw)], CTX) == [Verdict("degenerate", "pass")]

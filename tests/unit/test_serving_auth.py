@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
 
 import pytest
 
+from ganops.serving import auth
 from ganops.serving.auth import ApiKeyStore, Principal, TokenBuckets, hash_key, parse_key_lines
 
 
@@ -70,3 +72,72 @@ def test_token_buckets_forget_the_least_recently_used() -> None:
     buckets.take("c", now=0.0)  # "a" is dropped: it comes back with a full bucket
     assert buckets.take("a", now=0.0) == 0.0
     assert buckets.take("c", now=0.0) > 0
+
+
+# ------------------------------------------------------------------------ pinned by the mutation audit
+class Clock:
+    """The store's monotonic clock, moved by hand (the reload interval is checked against it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_rotated_file_is_reread_after_the_default_interval_and_not_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(auth.time, "monotonic", clock)
+    path = tmp_path / "keys"
+    path.write_text(line("alice", "old-key") + "\n")
+    store = ApiKeyStore(file=path)  # as serving builds it: the default interval, 5 s
+    path.write_text(line("alice", "new-key") + "\n")
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
+    clock.now = 1004.999
+    assert store.verify("new-key") is None and store.verify("old-key") == "alice"
+    clock.now = 1005.0
+    assert store.verify("new-key") == "alice" and store.verify("old-key") is None
+
+
+def test_inline_keys_alone_turn_authentication_on_and_verify() -> None:
+    store = ApiKeyStore(inline=line("ci", "env-key"))
+    assert store.enabled and len(store) == 1
+    assert store.verify("env-key") == "ci" and store.verify("other") is None
+    with pytest.raises(ValueError, match="GANOPS_SERVING_API_KEYS: entry 1 is not"):
+        ApiKeyStore(inline="ci:short")
+
+
+def test_an_empty_key_file_turns_authentication_on_for_nobody(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# no keys yet\n")
+    store = ApiKeyStore(file=path)
+    assert store.enabled and len(store) == 0 and store.verify("anything") is None
+
+
+def test_principals_are_values() -> None:
+    assert Principal("a") == Principal("a", "") and Principal(None).bucket == "ip:"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Principal("a").key_id = "b"  # type: ignore[misc]
+
+
+def test_the_wait_is_the_time_until_the_missing_tokens_are_back() -> None:
+    buckets = TokenBuckets(rate=2.0, burst=1)
+    assert buckets.take("a", now=0.0) == 0.0
+    assert buckets.take("a", now=0.25) == pytest.approx(0.25)  # half a token back, half missing at 2/s
+    assert buckets.take("a", cost=3.0, now=0.25) == pytest.approx(1.25)  # a large request waits for more
+
+
+def test_rate_zero_never_limits() -> None:
+    buckets = TokenBuckets(rate=0, burst=1)
+    assert [buckets.take("a", now=0.0) for _ in range(5)] == [0.0] * 5
+
+
+def test_ten_thousand_buckets_are_kept_by_default() -> None:
+    buckets = TokenBuckets(rate=1.0, burst=1)
+    buckets.take("first", now=0.0)  # empty now
+    for i in range(9_999):
+        buckets.take(f"p{i}", now=0.0)
+    assert buckets.take("first", now=0.0) > 0  # 10 000 buckets: still remembered
+    buckets.take("p-extra", now=0.0)  # the 10 001st evicts the least recently used ("p0")
+    assert buckets.take("p0", now=0.0) == 0.0 and buckets.take("first", now=0.0) > 0
