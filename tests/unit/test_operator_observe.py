@@ -11,7 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from ganops.api.loader import spec_from_object
-from ganops.api.spec import Cost, GanTrainingJobStatus
+from ganops.api.spec import Cost, GanTrainingJobStatus, GpuAccounting
 from ganops.checkpoints import LatestRecord
 from ganops.cost import CostFigures
 from ganops.operator import budget
@@ -128,12 +128,16 @@ def test_accrual_counts_only_running_time_of_this_attempt_in_any_order() -> None
     assert acc.pods == {"a": 0.5}
 
 
-def test_accounting_wire_form_and_defaults() -> None:
+def test_accounting_status_form_and_defaults() -> None:
     acc = budget.Accounting(3, 1.23456, {"b": 2.0004, "a": 1.9996})
-    assert acc.as_wire() == {"attempt": 3, "bankedGpuSeconds": 1.235, "pods": {"a": 2.0, "b": 2.0}}
+    recorded = acc.as_status()
+    assert recorded == GpuAccounting(attempt=3, banked_gpu_seconds=1.235, pods={"a": 2.0, "b": 2.0})
+    assert list(recorded.pods) == ["a", "b"]  # sorted: the status does not churn with dict order
     assert budget.Accounting() == budget.Accounting(0, 0.0, {})
-    assert budget.Accounting.from_wire({}) == budget.Accounting(0, 0.0, {})
-    assert budget.Accounting.from_wire({"pods": {"a": 1, "bad": "x"}}) == budget.Accounting(0, 0.0, {"a": 1.0})
+    assert budget.Accounting.from_status(None) == budget.Accounting(0, 0.0, {})
+    assert budget.Accounting.from_status(GpuAccounting(attempt=2, banked_gpu_seconds=5.0, pods={"a": 1.0})) == (
+        budget.Accounting(2, 5.0, {"a": 1.0}))
+    assert budget.Accounting(1, 2.0, {"a": 3.0, "b": 4.0}).gpu_seconds == 9.0
     with pytest.raises(dataclasses.FrozenInstanceError):
         acc.attempt = 4  # type: ignore[misc]
 
@@ -144,10 +148,10 @@ def test_cost_figures_take_each_figure_from_its_largest_source() -> None:
     assert budget.figures(spec, observed, LatestRecord(step=1, uri="x")) == CostFigures(gpu_hours=0.1, usd=0.2)
     assert budget.figures(spec, observed, LatestRecord(step=1, uri="x", cost_gpu_hours=0.5)) == CostFigures(
         gpu_hours=0.5, usd=0.2)
-    # what status already said: each figure separately, a missing one is no floor
-    assert budget.figures(spec, observed, None, {"usd": 11.0}) == CostFigures(gpu_hours=0.1, usd=11.0)
-    assert budget.figures(spec, observed, None, {"gpuHours": 0.7}) == CostFigures(gpu_hours=0.7, usd=0.2)
-    assert budget.figures(spec, observed, None, {"usd": 0.1, "gpuHours": 0.05}) == CostFigures(
+    # what status already said: each figure separately (an unset one is 0: no floor)
+    assert budget.figures(spec, observed, None, Cost(usd=11.0)) == CostFigures(gpu_hours=0.1, usd=11.0)
+    assert budget.figures(spec, observed, None, Cost(gpu_hours=0.7)) == CostFigures(gpu_hours=0.7, usd=0.2)
+    assert budget.figures(spec, observed, None, Cost(usd=0.1, gpu_hours=0.05)) == CostFigures(
         gpu_hours=0.1, usd=0.2)
 
 
@@ -165,7 +169,7 @@ def test_budget_verdict_boundaries_and_description() -> None:
     assert budget.verdict(hours_only, full).describe(hours_only, full) == (
         "25% of the budget spent (1.000 of 4 GPU-hours)")
     none = spec_from_object(grid_job("g")["spec"])  # a budget removed from a BudgetExceeded job: BudgetRaised
-    assert budget.verdict(none, full).describe(none, full).startswith("no budget")
+    assert budget.verdict(none, full).describe(none, full) == "no budget is set"
     with pytest.raises(dataclasses.FrozenInstanceError):
         verdict.warn = False  # type: ignore[misc]
 
