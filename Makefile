@@ -65,7 +65,7 @@ manifests: install
 # The Helm chart's checks (lint, render, validate, security, drift) through the real Helm engine (helm-python-sdk).
 chart: install
 	$(PY) -m scripts.chart --check
-	$(PY) -m pytest -q tests/unit/test_chart*.py
+	$(PY) -m pytest -q tests/unit/chart/
 
 # operator/, trainer/ and serving/ images, built where a Docker engine answers; elsewhere it says why and skips.
 IMAGE_REGISTRY ?= ghcr.io/ganops
@@ -73,7 +73,7 @@ IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGES ?= operator trainer serving
 images:
 	@if ! command -v docker >/dev/null 2>&1; then \
-	  echo "images: skipped: no docker command on this machine (the Dockerfiles are checked by tests/unit/test_chart_images.py)"; \
+	  echo "images: skipped: no docker command on this machine (the Dockerfiles are checked by tests/unit/chart/test_images.py)"; \
 	elif ! docker info >/dev/null 2>&1; then \
 	  echo "images: skipped: 'docker info' failed: no Docker engine reachable"; \
 	else \

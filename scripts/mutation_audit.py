@@ -1,6 +1,6 @@
 """Mutation audit of one module against the unit tests that claim to pin it down.
 
-    python -m scripts.mutation_audit --module src/ganops/cost.py --tests tests/unit/test_cost.py [--tests ...]
+    python -m scripts.mutation_audit --module src/ganops/cost.py --tests tests/unit/contracts/test_cost.py [--tests ...]
                                      [--label before|after] [--report reports/mutation] [--timeout 60]
 
 Each mutant is one small change of the module's syntax tree - a comparison's boundary (``<`` → ``<=``), ``==`` ↔

@@ -19,7 +19,7 @@ from ganops.api.rules import RULES
 from ganops.api.spec import GanTrainingJobSpec
 from tests.support.schema import KUBERNETES_VERSION, apply_defaults, cel_failures, openapi_errors
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CRD_FILE = ROOT / "manifests" / "crd" / "ganops.io_gantrainingjobs.yaml"
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]

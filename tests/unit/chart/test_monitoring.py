@@ -14,7 +14,7 @@ import yaml
 from dashboards import synthetic
 from scripts import chart
 
-from tests.unit.chart_support import Obj, of_kind, one, render, render_set
+from tests.unit.chart.chart_support import Obj, of_kind, one, render, render_set
 
 ROOT = chart.ROOT
 GRAFANA = ROOT / "dashboards" / "grafana"

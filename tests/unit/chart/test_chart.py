@@ -18,7 +18,7 @@ from scripts import chart
 
 from ganops.operator.settings import OperatorConfig
 from ganops.serving.settings import ServingSettings
-from tests.unit.chart_support import (
+from tests.unit.chart.chart_support import (
     CHART,
     CI_FILES,
     MONITORING_API,

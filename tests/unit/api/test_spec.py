@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from ganops.api.loader import JobFileError, dump_job, job_from_object, load_job, parse_yaml, spec_from_object
 from ganops.api.spec import GanTrainingJob, GanTrainingJobStatus
 
-EXAMPLES = sorted((Path(__file__).parents[2] / "manifests" / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).parents[3] / "manifests" / "examples").glob("*.yaml"))
 
 
 def minimal(**spec: Any) -> dict[str, Any]:
@@ -135,7 +135,7 @@ def test_huge_strings_are_bounded() -> None:
     assert lines == ["spec.dataset.uri must be at most 2048 characters long"]
 
 
-# Every field the operator writes, as it writes them (tests/unit/test_operator_reconcile.py drives them one by one).
+# Every field the operator writes, as it writes them (tests/unit/operator/test_reconcile.py drives them one by one).
 FULL_STATUS: dict[str, Any] = {
     "phase": "Succeeded",
     "conditions": [{"type": "Promoted", "status": "True", "reason": "Promoted", "message": "m@production → version 2",

@@ -17,7 +17,7 @@ from ganops.operator import metrics
 from ganops.operator.settings import ConfigError, OperatorConfig, Toleration, configure_kopf
 from tests.support.schema import KUBERNETES_VERSION
 
-MANIFESTS = Path(__file__).resolve().parents[2] / "manifests" / "operator"
+MANIFESTS = Path(__file__).resolve().parents[3] / "manifests" / "operator"
 
 
 def test_defaults_and_environment() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.chart_support import VALUE_SETS, Obj, objects, of_kind, one, pod_specs, render_set
+from tests.unit.chart.chart_support import VALUE_SETS, Obj, objects, of_kind, one, pod_specs, render_set
 
 SECRET_READ_VERBS = {"get", "list", "watch", "*"}
 
