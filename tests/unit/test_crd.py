@@ -148,3 +148,27 @@ def test_every_rule_is_exercised_by_a_mutation() -> None:
     for _, mutate, _valid in MUTATIONS:
         rejected |= set(cel_failures(SCHEMA, apply_defaults(SCHEMA, _mutated(mutate))))
     assert {r.full_message for r in RULES} <= rejected
+
+
+def test_object_defaults_are_whole_and_exclusive_bounds_integral() -> None:
+    """What the real API server needs of a default and a bound (tests/integration/controlplane/test_crd.py applies
+    the CRD there): a nested object's default is validated as it stands, CEL rules included, so it is written out
+    whole; an exclusive bound is compared as an integer for an integral value, so a fractional one is a CEL rule."""
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if node.get("type") == "object" and "default" in node:
+            assert node["default"] != {} or not node.get("x-kubernetes-validations"), path
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            if node.get(key):
+                bound = node["minimum" if key == "exclusiveMinimum" else "maximum"]
+                assert float(bound).is_integer(), (path, key, bound)
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(schema, "")
+    smoothing = schema["properties"]["spec"]["properties"]["loss"]["properties"]["labelSmoothing"]
+    assert smoothing["maximum"] == 0.5 and "exclusiveMaximum" not in smoothing
+    assert smoothing["x-kubernetes-validations"] == [{"rule": "self < 0.5", "message": "must be less than 0.5"}]

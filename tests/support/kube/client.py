@@ -17,7 +17,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import httpx
 
@@ -402,16 +402,16 @@ class KubeClient:
                 if max_events is not None and count >= max_events:
                     return
 
-    def wait_for(self, condition: Callable[[], T], *, timeout: float = 10.0,
+    def wait_for(self, condition: Callable[[], T | None], *, timeout: float = 10.0,
                  message: str | Callable[[], str] = "") -> T:
-        """Poll `condition` until truthy (404s count as "not yet")."""
+        """Poll `condition` until truthy and return that value (404s count as "not yet")."""
 
-        def attempt() -> T:
+        def attempt() -> T | None:
             try:
                 return condition()
             except KubeApiError as exc:
                 if exc.status == 404:
-                    return None  # type: ignore[return-value]
+                    return None
                 raise
 
-        return wait_for(attempt, timeout=timeout, message=message)
+        return cast(T, wait_for(attempt, timeout=timeout, message=message))
