@@ -106,9 +106,9 @@ def find_binaries() -> Binaries:
     else:
         result = subprocess.run(["bash", str(BUILD_SCRIPT), "--check"], capture_output=True, text=True, check=False)
         if result.returncode != 0:
-            raise ControlPlaneUnavailable(
-                f"{result.stdout.strip()} {result.stderr.strip()}: run `make controlplane` (a cold Go build, see "
-                "docs/development.md) or set GANOPS_CONTROLPLANE_BIN".strip())
+            said = " ".join(filter(None, (result.stdout.strip(), result.stderr.strip())))
+            raise ControlPlaneUnavailable(f"{said}: run `make controlplane` (a cold Go build, see "
+                                          "docs/development.md) or set GANOPS_CONTROLPLANE_BIN")
         folder = Path(result.stdout.strip())
     missing = [name for name in BINARIES if not os.access(folder / name, os.X_OK)]
     if missing:
@@ -257,6 +257,8 @@ class ControlPlane:
         apiserver_tls = pki.serving("apiserver", "kube-apiserver", ["127.0.0.1", SERVICE_IP], API_DNS_NAMES)
         kcm_tls = pki.serving("kcm-serving", "kube-controller-manager", ["127.0.0.1"], ("localhost",))
         scheduler_tls = pki.serving("scheduler-serving", "kube-scheduler", ["127.0.0.1"], ("localhost",))
+        front_proxy = Pki(self.root / "pki" / "front-proxy", name="front-proxy-ca", service_account_keys=False)
+        proxy_client = front_proxy.client("front-proxy-client", "front-proxy-client")
         admin = pki.client("admin", "ganops-test-admin", ("system:masters",))
         kubeconfig(self.admin_kubeconfig, self.url, pki.ca.cert, admin, user="admin")
         kcm_config = kubeconfig(self.root / "kubeconfigs" / "kcm", self.url, pki.ca.cert,
@@ -283,6 +285,10 @@ class ControlPlane:
                 f"--service-account-issuer={ISSUER}", f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}", "--endpoint-reconciler-type=none",
+                f"--requestheader-client-ca-file={front_proxy.ca.cert}",
+                "--requestheader-allowed-names=front-proxy-client", "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={proxy_client.cert}", f"--proxy-client-key-file={proxy_client.key}",
                 "--profiling=false", f"--v={v}",
             ], logs / "kube-apiserver.log", f"{self.url}/readyz"),
             "kube-controller-manager": Process("kube-controller-manager", [

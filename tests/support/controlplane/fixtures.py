@@ -59,21 +59,26 @@ def node_image_env() -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH")]))}
 
 
+def wait_schedulable(admin: KubeClient, name: str, timeout: float = 30.0) -> None:
+    """Until the node is Ready and the node lifecycle controller has lifted the `not-ready` taint that admission
+    (TaintNodesByCondition) put on it when it registered."""
+
+    def schedulable() -> bool:
+        current = admin.get("v1", "Node", None, name)
+        ready = any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in (current.get("status") or {}).get("conditions") or [])
+        return ready and not (current.get("spec") or {}).get("taints")
+
+    admin.wait_for(schedulable, timeout=timeout, message=f"node {name} Ready and untainted")
+
+
 @pytest.fixture(scope="session")
 def cp_node(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     kube = control_plane.client_for_node(NODE_NAME)
     node = Node.kubelet(kube, tmp_path_factory.mktemp("cp-node"), node_name=NODE_NAME,
                         image_env={k: v for k, v in node_image_env().items() if v}).start()
-    admin = control_plane.client()
-
-    def schedulable() -> bool:  # Ready, and the node controller lifted the not-ready taint admission put on it
-        current = admin.get("v1", "Node", None, NODE_NAME)
-        ready = any(c["type"] == "Ready" and c["status"] == "True"
-                    for c in (current.get("status") or {}).get("conditions") or [])
-        return ready and not (current.get("spec") or {}).get("taints")
-
     try:
-        admin.wait_for(schedulable, timeout=30, message=f"node {NODE_NAME} Ready and untainted")
+        wait_schedulable(control_plane.client(), NODE_NAME)
         yield node
     finally:
         node.stop()

@@ -3,7 +3,9 @@
 One CA signs the API server's serving certificate and every client certificate: the admin (`system:masters`),
 the controller manager, the scheduler and each test node (`system:node:<name>` in `system:nodes`, so the Node
 authorizer and the NodeRestriction admission plugin judge what the node does, as for a real kubelet). A separate
-key pair signs and verifies service-account tokens. ECDSA P-256 throughout: a key takes well under a millisecond.
+key pair signs and verifies service-account tokens. A second CA, the front proxy's, signs the client certificate
+the API server's aggregation layer presents (`--requestheader-client-ca-file`), as kubeadm sets it up. ECDSA P-256
+throughout: a key takes well under a millisecond.
 """
 
 from __future__ import annotations
@@ -52,14 +54,26 @@ class KeyPair:
 
 
 class Pki:
-    """A CA in `root` and the certificates it signs (all files: the binaries read paths)."""
+    """A CA in `root` and the certificates it signs (all files: the binaries read paths); with
+    `service_account_keys`, also the key pair that signs service-account tokens."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, name: str = "ganops-test-ca", service_account_keys: bool = True) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         self._ca_key = _key()
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ganops-test-ca")])
+        self._ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self.ca = self._write("ca", self._self_signed(), self._ca_key)
+        if service_account_keys:
+            sa_key = _key()
+            self.service_account_key = root / "sa.key"
+            self.service_account_key.write_bytes(_key_pem(sa_key))
+            self.service_account_pub = root / "sa.pub"
+            self.service_account_pub.write_bytes(sa_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def _self_signed(self) -> x509.Certificate:
+        name = self._ca_name
         self._ca_name = name
         ca = (self._builder(name, self._ca_key.public_key())
               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -69,18 +83,11 @@ class Pki:
                                            decipher_only=False), critical=True)
               .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()), critical=False)
               .sign(self._ca_key, hashes.SHA256()))
-        self._ca_cert = ca
-        self.ca = self._write("ca", ca, self._ca_key)
-        sa_key = _key()
-        self.service_account_key = root / "sa.key"
-        self.service_account_key.write_bytes(_key_pem(sa_key))
-        self.service_account_pub = root / "sa.pub"
-        self.service_account_pub.write_bytes(sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        return ca
 
     def _builder(self, subject: x509.Name, public_key: Any) -> x509.CertificateBuilder:
         return (x509.CertificateBuilder().subject_name(subject)
-                .issuer_name(getattr(self, "_ca_name", subject))
+                .issuer_name(self._ca_name)
                 .public_key(public_key).serial_number(x509.random_serial_number())
                 .not_valid_before(self._now).not_valid_after(self._now + dt.timedelta(days=2)))
 
