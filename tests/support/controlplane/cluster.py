@@ -122,9 +122,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child must not dlopen between fork and exec
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec: one system call, nothing else
+    _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @dataclass
