@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -26,6 +27,10 @@ from .polling import wait_for
 
 if TYPE_CHECKING:
     import kubernetes.client
+
+# httpx logs every request at INFO; the test node's session-long thread would write them into the capture stream
+# of a test that has already ended ("Logging error ... I/O operation on closed file").
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 Body = dict[str, Any]
 Bodies = list[dict[str, Any]]
