@@ -1,6 +1,7 @@
 """The operator as a real `kopf run` subprocess, SIGKILLed in the middle of a reconcile: it acted on the cluster
 (created a Job) but never got to write the status that records it. The restarted operator must adopt what is
-there - no second Job, no lost restart count."""
+there - no second Job, no lost restart count. A relaunch is the other way round: its decision is written before the
+old Job (and with it the evidence of why the attempt ended) is deleted."""
 
 from __future__ import annotations
 
@@ -55,25 +56,29 @@ def test_operator_killed_mid_reconcile_leaves_no_duplicate_children(
     assert len(kube_api.list("v1", "configmaps", NS, label_selector="ganops.io/job=phoenix")) == 1
     assert len(kube_api.requests("POST", "jobs")) == 1  # the Job was adopted, not created again
 
-    # 2. Killed in the middle of a relaunch: the new Job exists, the status still describes the old attempt.
+    # 2. A pod is preempted while every status write fails: the operator must not delete the attempt's Job, whose
+    #    pods are the only record of why the attempt ended, before the decision to relaunch is written.
     (pod,) = start_job_pods(kube_api, NS, "phoenix")
     kube_api.wait_for(lambda: status_of(kube_api, "phoenix").get("phase") == "Running", message="Running")
     kube_api.inject_fault(method="PATCH", plural="gantrainingjobs", subresource="status", status=500, times=None)
     writes = status_writes(kube_api, "phoenix")
     terminate_pod(kube_api, NS, pod, exit_code=143, disruption="EvictionByEvictionAPI")
-    relaunched = kube_api.wait_for(
-        lambda: (kube_api.get_or_none("batch/v1", "Job", NS, "phoenix") or {}).get("metadata", {}).get(
-            "labels", {}).get("ganops.io/attempt") == "2", message="the second attempt's Job")
-    assert relaunched
-    kube_api.wait_for(lambda: status_writes(kube_api, "phoenix") > writes, message="a failed status write")
+    kube_api.wait_for(lambda: status_writes(kube_api, "phoenix") >= writes + 2,
+                      message="reconciles that decided the relaunch and could not record it")
+    job_now = kube_api.get("batch/v1", "Job", NS, "phoenix")
+    assert job_now["metadata"]["labels"]["ganops.io/attempt"] == "1" and not kube_api.requests("DELETE", "jobs")
     assert status_of(kube_api, "phoenix")["attempt"] == 1
 
+    # Killed and restarted with the API healthy again: the preemption is read from the pod still there, recorded,
+    # and only then is the old Job replaced.
     kube_api.clear_faults()
     operator.restart(kill=True)
     kube_api.wait_for(lambda: status_of(kube_api, "phoenix").get("attempt") == 2, timeout=15,
-                      message="the restarted operator adopts the second attempt")
+                      message="the restarted operator records the second attempt")
+    kube_api.wait_for(lambda: (kube_api.get_or_none("batch/v1", "Job", NS, "phoenix") or {}).get("metadata", {}).get(
+        "labels", {}).get("ganops.io/attempt") == "2", message="the second attempt's Job")
     status = status_of(kube_api, "phoenix")
-    assert status["restarts"] == {"preemptions": 1, "failures": 0}  # read back from the Job's annotation
+    assert status["restarts"] == {"preemptions": 1, "failures": 0}
     assert len(kube_api.list("batch/v1", "jobs", NS, label_selector="ganops.io/job=phoenix")) == 1
     assert len(kube_api.requests("POST", "jobs")) == 2
     assert job_pods(kube_api, NS, "phoenix") == []
