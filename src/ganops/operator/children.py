@@ -156,6 +156,48 @@ def service(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> d
     return _adopt(obj, owner)
 
 
+# ------------------------------------------------------------------------------------------------ NetworkPolicy
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-trainer"
+
+
+def network_policy(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> dict[str, Any] | None:
+    """The job's default-deny NetworkPolicy (None when the platform configured none: GANOPS_TRAINER_NETWORK_POLICY).
+
+    It selects the job's trainer pods. In: the job's own pods (every TCP port: torchrun's rendezvous on
+    GANOPS_RENDEZVOUS_PORT, then NCCL/gloo, whose ports are ephemeral) and the platform's scrapers on the metrics
+    port. Out: the job's own pods, and the platform's rules (DNS, the object store, MLflow) as the chart renders
+    them from its values. Nothing else: not another job's pods, not the cluster, not the internet.
+    """
+    if config.trainer_network_policy is None:
+        return None
+    platform = json.loads(config.trainer_network_policy)
+    peers = [{"podSelector": {"matchLabels": {LABEL_JOB: owner.name, "app.kubernetes.io/component": "trainer"}}}]
+    ingress: list[dict[str, Any]] = []
+    egress: list[dict[str, Any]] = []
+    if spec.resources.replicas > 1:
+        ingress.append({"from": peers})
+        egress.append({"to": peers})
+    if platform.get("metricsFrom"):
+        ingress.append({"from": platform["metricsFrom"],
+                        "ports": [{"protocol": "TCP", "port": config.trainer_metrics_port}]})
+    egress += platform.get("egress") or []
+    obj: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": network_policy_name(owner.name), "labels": labels(owner.name, "network-policy")},
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_JOB: owner.name, "app.kubernetes.io/component": "trainer"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
+        },
+    }
+    return _adopt(obj, owner)
+
+
 # ------------------------------------------------------------------------------------------------ Job
 
 
@@ -412,8 +454,12 @@ def render(
     restarts: Mapping[str, int] | None = None,
     resume_from: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child of one attempt, in creation order (the Job last: its pods mount the ConfigMap)."""
+    """Every child of one attempt, in creation order (the Job last: its pods mount the ConfigMap and start behind
+    their NetworkPolicy)."""
     children = [configmap(owner, spec)]
+    policy = network_policy(owner, spec, config)
+    if policy is not None:
+        children.append(policy)
     svc = service(owner, spec, config)
     if svc is not None:
         children.append(svc)
