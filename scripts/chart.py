@@ -213,6 +213,26 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "networkPolicy.servingClients": _PEERS,
     "networkPolicy.*.to": _PEERS,
     "networkPolicy.*.ports": _PORTS,
+    "networkPolicy.objectStore.ports": {"type": "array", "items": _PORT},
+    "networkPolicy.mlflow.ports": {"type": "array", "items": _PORT},
+    "networkPolicy.*.podSelector": _SELECTOR,
+    "operator.policy.allowedMlflowUris": {"type": "array", "items": {"type": "string", "pattern": r"^https?://[^@?#]+$"},
+                                          "uniqueItems": True},
+    "operator.policy.allowedCheckpointUris": {"type": "array", "items": {
+        "type": "string", "pattern": r"^(s3|file)://[^?#]*$"}, "uniqueItems": True},
+    "operator.policy.allowedImages": {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                                 "pattern": r"^[^,\s]+$"}, "uniqueItems": True},
+    "operator.policy.allowedPriorityClasses": {"type": "array", "items": {"type": "string", "pattern": r"^[^,\s]+$"},
+                                               "uniqueItems": True},
+    "operator.policy.allowedNodeSelectors": {"type": "array", "items": {
+        "type": "string", "pattern": r"^[^,=\s]+(=[^,\s]*)?$"}, "uniqueItems": True},
+    "operator.policy.allowedTolerations": {"type": "array", "items": {
+        "type": "string", "pattern": r"^(\*|[^,=:\s]+(=[^,:\s]*)?(:(NoSchedule|PreferNoSchedule|NoExecute))?)$"},
+        "uniqueItems": True},
+    "operator.policy.minGates": {"type": "object", "properties": {
+        "maxFID": {"type": "number", "minimum": 0}, "minRecall": {"type": "number", "minimum": 0, "maximum": 1},
+        "minModes": {"type": "integer", "minimum": 0}, "minHighQuality": {"type": "number", "minimum": 0, "maximum": 1},
+        "maxSafetyBlockRate": {"type": "number", "minimum": 0, "maximum": 1}}, "additionalProperties": False},
     "networkPolicy.extraEgress": {
         "type": "array",
         "items": {"type": "object", "properties": {"to": _PEERS, "ports": {"type": "array", "items": {

@@ -283,7 +283,7 @@ def test_serving_accepts_its_rendered_settings(name: str, tmp_path: Path, monkey
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = ServingSettings()
-    assert settings.model == values_of(name).get("serving", {}).get("model", "digits@production")
+    assert settings.model == values_of(name).get("serving", {}).get("model", "default.digits@production")
     assert settings.require_api_keys is True
     assert settings.port == 8080 and settings.host == "0.0.0.0"
     if name == "canary":
