@@ -5,7 +5,8 @@
   Jobs produce runs as a local process started from the pod's own command, env (the S3 credentials come from the
   Secret through `envFrom`) and volumes (the job file ConfigMap), so the operator's rendered pod is what trains;
 - moto's S3 server (checkpoints, MLflow's artifacts, the serving audit log), `mlflow server` with S3 artifacts,
-  Debian's `prometheus` with the dashboards' rules, and the serving app under uvicorn following `digits-e2e@production`.
+  Debian's `prometheus` with the dashboards' rules, and the serving app under uvicorn following
+  `ml-e2e.digits-e2e@production`.
 
 The flow: apply a 2-D grid job and a digits job → their pods start → checkpoints land in S3 → the status shows
 step, quality and cost → both succeed → promotion passes the gates and moves each model's alias → the running
@@ -94,7 +95,8 @@ spec:
 """
 STEPS = {"grid-e2e": 1500, "digits-e2e": 600}
 CHECKPOINT_EVERY = {"grid-e2e": 500, "digits-e2e": 200, "digits-e2e-b": 200}
-MODEL = {"grid-e2e": "grid-e2e", "digits-e2e": "digits-e2e", "digits-e2e-b": "digits-e2e"}
+# Registered names: the operator registers a job's model as <namespace>.<modelName>.
+MODEL = {"grid-e2e": f"{NS}.grid-e2e", "digits-e2e": f"{NS}.digits-e2e", "digits-e2e-b": f"{NS}.digits-e2e"}
 # Applied once digits-e2e@production is served: another seed of the same job, for the same model (FID ≈ 87 at
 # step 600). Its promotion moves the alias from version 1 to version 2 under load.
 SECOND_DIGITS = yaml.safe_load(JOBS.split("---")[1])
@@ -299,14 +301,15 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
         stack.append(monitor.stop)
         keys = api_keys_file(tmp_path / "api-keys", {"e2e": API_KEY})
         settings = ServingSettings(
-            model="digits-e2e@production", mlflow_uri=mlflow.url, poll_interval_s=0.5, api_keys_file=keys,
+            model=f"{NS}.digits-e2e@production", mlflow_uri=mlflow.url, poll_interval_s=0.5, api_keys_file=keys,
             require_api_keys=True, limits={"rate_limit_per_second": 0},
             safety={"audit_uri": f"s3://{bucket}/audit", "watermark_key": WATERMARK_KEY,
                     "require_watermark_key": True},
         )
         serving = ServerThread(create_app(settings)).start()
         stack.append(serving.stop)
-        grid_serving = ServerThread(create_app(settings.model_copy(update={"model": "grid-e2e@production"}))).start()
+        grid_settings = settings.model_copy(update={"model": f"{NS}.grid-e2e@production"})
+        grid_serving = ServerThread(create_app(grid_settings)).start()
         stack.append(grid_serving.stop)
         prom.set_job_targets("ganops-serving", [(f"127.0.0.1:{serving.port}", {"namespace": "ganops"}),
                                                 (f"127.0.0.1:{grid_serving.port}", {"namespace": "ganops"})])
@@ -426,7 +429,7 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
 
     # Promotion moved each model's alias to a version whose checkpoint is the job's best one, in S3.
     for name, status in statuses.items():
-        alias = tracking.get_alias(p.mlflow.url, name, "production")
+        alias = tracking.get_alias(p.mlflow.url, MODEL[name], "production")
         assert alias is not None and alias.version == status["promotedVersion"]
         assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/{name}/step-")
         assert alias.tags["ganops.job"] == f"{NS}/{name}" and alias.tags["ganops.gates"] == "passed"
@@ -458,8 +461,9 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     poll(ready, 60, "the server loads the promoted version")
     mark("served")
     models = p.client.get("/v1/models").json()["models"]
-    assert [(m["name"], m["version"], m["alias"]) for m in models] == [("digits-e2e", digits_version, "production")]
-    served = tracking.get_alias(p.mlflow.url, "digits-e2e", "production")
+    assert [(m["name"], m["version"], m["alias"]) for m in models] == [
+        (MODEL["digits-e2e"], digits_version, "production")]
+    served = tracking.get_alias(p.mlflow.url, MODEL["digits-e2e"], "production")
     assert served is not None and models[0]["checkpoint_uri"] == served.checkpoint_uri
 
     # /v1/generate: every sample passed the safety pipeline and carries this server's watermark.
@@ -474,7 +478,8 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
         assert all(v["outcome"] == "pass" for v in sample["verdicts"]), sample["verdicts"]
         verified = p.client.post("/v1/watermark/verify", json={"image": sample["data"]})
         assert verified.status_code == 200, verified.text
-        assert verified.json()["present"] is True and verified.json()["model"] == f"digits-e2e:{digits_version}"
+        assert verified.json()["present"] is True
+        assert verified.json()["model"] == f"{MODEL['digits-e2e']}:{digits_version}"
     assert p.client.post("/v1/generate", json={"n": 1}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "degenerate" in models[0]["filters"] and models[0]["skipped_filters"].get("nsfw") == "below_min_size"
 
@@ -490,10 +495,10 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert all(len(c) == 2 and all(math.isfinite(v) for v in c) for c in coordinates)
     assert max(abs(v) for c in coordinates for v in c) > 0.5  # spread over the grid, not collapsed at the origin
     verified = p.grid_client.post("/v1/watermark/verify", json={"image": points["grid"]["data"]}).json()
-    assert verified["present"] is True and verified["model"] == f"grid-e2e:{grid_version}"
+    assert verified["present"] is True and verified["model"] == f"{MODEL['grid-e2e']}:{grid_version}"
     # Each server only vouches for its own outputs' model.
     assert p.client.post("/v1/watermark/verify", json={"image": points["grid"]["data"]}).json()["model"] != \
-        f"digits-e2e:{digits_version}"
+        f"{MODEL['digits-e2e']}:{digits_version}"
 
     # A better run of the same model is promoted while clients keep generating: the server swaps from version 1
     # to version 2 in place, with no failed request, and each client sees version 1, then only version 2.
@@ -503,7 +508,7 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     second = poll(partial(finished, "digits-e2e-b"), 240, partial(p.diagnostics, "digits-e2e-b promoted"))
     statuses["digits-e2e-b"] = second
     assert second["promotedVersion"] != digits_version
-    alias = tracking.get_alias(p.mlflow.url, "digits-e2e", "production")
+    alias = tracking.get_alias(p.mlflow.url, MODEL["digits-e2e"], "production")
     assert alias is not None and alias.version == second["promotedVersion"]
     assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/digits-e2e-b/step-")
     poll(lambda: traffic.seen and traffic.seen[-1] == (200, second["promotedVersion"]), 60,
@@ -571,7 +576,7 @@ def check_prometheus(p: Platform, since: float, statuses: dict[str, dict[str, An
     prom.wait_for_query('up{job="ganops-serving"} == 1', timeout=30)
     prom.wait_for_query("ganops_serving_ready == 1", timeout=30)
     serving_now = statuses["digits-e2e-b"]["promotedVersion"]
-    prom.wait_for_query(f'ganops_model_info{{model="digits-e2e", version="{serving_now}"}} == 1', timeout=30)
+    prom.wait_for_query(f'ganops_model_info{{model="{MODEL["digits-e2e"]}", version="{serving_now}"}} == 1', timeout=30)
 
     # The trainers' series carry their GanTrainingJob's namespace and job (honor_labels) and show progress while
     # the pods ran. (A pod exits right after its last checkpoint, usually before the next scrape: the final figures

@@ -79,8 +79,10 @@ def promote_job(
         return PromotionOutcome("rejected", model, alias, result.version, "; ".join(result.decision.failures),
                                 metrics=dict(result.metrics))
     except promotion.OwnershipError as exc:
-        return PromotionOutcome("refused", model, alias, message=not_owner_message(model, ", ".join(exc.owners),
-                                                                                   namespace))
+        return PromotionOutcome("refused", model, alias, message=(
+            f"{model} holds versions that jobs of namespace {', '.join(exc.owners)} registered (their ganops.job "
+            f"lineage), so namespace {namespace} does not own it alone: nothing was registered or moved; a platform "
+            "admin must move those versions out"))
     except tracking.TrackingUnavailable as exc:
         return PromotionOutcome("unavailable", model, alias, message=str(exc))
     except (tracking.TrackingError, promotion.PromotionError) as exc:
