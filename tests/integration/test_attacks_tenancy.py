@@ -77,7 +77,7 @@ def condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def wait_status(kube: KubeAPI, namespace: str, name: str, check: Callable[[dict[str, Any]], Any], what: str,
-                timeout: float = 30.0) -> dict[str, Any]:
+                timeout: float = 60.0) -> dict[str, Any]:
     kube.wait_for(lambda: check(status_of(kube, namespace, name)), timeout=timeout,
                   message=f"{namespace}/{name}: {what} (status: {status_of(kube, namespace, name)})")
     return status_of(kube, namespace, name)
