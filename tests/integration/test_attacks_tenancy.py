@@ -196,6 +196,26 @@ def test_a_model_holding_another_namespaces_versions_is_refused_by_its_lineage(
     assert [v.version for v in tracking.list_versions(mlflow_uri, f"team-b.{bare}")] == [planted]
 
 
+def test_a_job_cannot_lower_the_platforms_minimum_gates_not_even_by_force(
+    kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
+    mlflow_uri: str,
+) -> None:
+    """A job with no gates (the issue's attacker) is judged by GANOPS_MIN_GATES all the same, and `promote: force`
+    skips only the job's own gates: below the floor nothing moves."""
+    start_operator(kube_api, kopf_runner, monkeypatch, checkpoints, mlflow_uri, GANOPS_MIN_GATES="minModes=20")
+    bare = f"weak-{uuid.uuid4().hex[:6]}"
+    kube_api.create(gtj("team-b", "weak", promotion={"modelName": bare, "gates": {"minModes": 0}}))
+    train(kube_api, checkpoints, "team-b", "weak", modes=5.0)
+    rejected = wait_status(kube_api, "team-b", "weak",
+                           lambda s: condition(s, "PromotionRejected").get("status") == "True", "rejected")
+    assert "modes 5 < minModes 20" in condition(rejected, "PromotionRejected")["message"]
+    annotate(kube_api, "team-b", "weak", "ganops.io/promote", "force")
+    kube_api.wait_for(lambda: any("below the platform's minimum gates" in m for m in
+                                  warnings(kube_api, "team-b", "weak", "PromotionRejected")), timeout=60,
+                      message="force refused below the floor")
+    assert tracking.get_alias(mlflow_uri, f"team-b.{bare}", "production") is None
+
+
 # ------------------------------------------------------------------------------------------------ 2. exfiltration
 
 
