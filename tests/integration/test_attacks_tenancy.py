@@ -372,3 +372,28 @@ def test_mlflow_params_and_tags_hold_no_secret_from_a_presigned_dataset_uri(
     assert run.data.params["raw.datasetUri"] == "s3://datasets/digits.zip?***"
     for value in (*run.data.params.values(), *run.data.tags.values()):
         assert not any(secret in value for secret in SECRETS), value
+
+
+# ------------------------------------------------------------------------------------------------ migration
+
+
+def test_migration_qualifies_single_owner_models_and_leaves_taken_over_ones_to_a_human(
+    mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from scripts.migrate_model_names import main
+
+    suffix = uuid.uuid4().hex[:6]
+    legacy, mixed = f"legacy-{suffix}", f"mixed-{suffix}"
+    for model, job in ((legacy, "default/digits"), (legacy, "default/digits-v2"), (mixed, "default/digits"),
+                       (mixed, "team-b/attack")):
+        version = tracking.register_version(mlflow_uri, model, f"s3://b/{job}/step-000000010",
+                                            tags={"ganops.job": job})
+        tracking.set_alias(mlflow_uri, model, "production", version)
+    assert main(["--tracking-uri", mlflow_uri, "--model", legacy, "--model", mixed]) == 1  # report only
+    assert tracking.list_versions(mlflow_uri, f"default.{legacy}") == []
+    assert main(["--tracking-uri", mlflow_uri, "--model", legacy, "--model", mixed, "--apply"]) == 1
+    out = capsys.readouterr().out
+    assert f"renamed {legacy} → default.{legacy}" in out and "versions from namespaces default, team-b" in out
+    moved = tracking.get_alias(mlflow_uri, f"default.{legacy}", "production")
+    assert moved is not None and moved.version == "2" and moved.tags["ganops.job"] == "default/digits-v2"
+    assert len(tracking.list_versions(mlflow_uri, mixed)) == 2  # the taken-over one stays where it is
