@@ -2,6 +2,8 @@
 
 - ConfigMap `<job>-spec`: the job file (`ganops.api.loader.dump_job`), mounted at /etc/ganops/job.yaml.
 - Service `<job>` (replicas > 1): headless, so replica 0 is reachable as `<job>-0.<job>` for torchrun's rendezvous.
+- NetworkPolicy `<job>-trainer` (when the platform configured one): default deny for the job's pods; their only
+  peers are each other, DNS, the object store and MLflow.
 - Job `<job>` (batch/v1, Indexed, one pod per replica): each attempt replaces the previous one under the same name,
   so the API server itself guarantees there is never more than one live Job per GanTrainingJob. The attempt number
   and the restart counters at launch are on the Job (label `ganops.io/attempt`, annotation `ganops.io/restarts`).

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ganops.api.spec import GanTrainingJobSpec, Toleration
 from ganops.api.uris import same_server, within
-from ganops.operator.settings import ANY, OperatorConfig, _parse_toleration
+from ganops.operator.settings import ANY, OperatorConfig, parse_toleration
 
 
 def tracking_server(requested: str | None, default: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -58,7 +58,7 @@ def toleration_allowed(toleration: Toleration, allowed: tuple[str, ...]) -> bool
     if not toleration.key:
         return False
     for entry in allowed:
-        rule = _parse_toleration(entry, [], name="GANOPS_ALLOWED_TOLERATIONS")
+        rule = parse_toleration(entry, [], name="GANOPS_ALLOWED_TOLERATIONS")
         if rule is None or rule.key != toleration.key:
             continue
         if rule.value is not None and (toleration.operator == "Exists" or toleration.value != rule.value):

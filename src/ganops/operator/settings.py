@@ -196,7 +196,7 @@ class OperatorConfig:
         spot_toleration: Toleration | None = Toleration("karpenter.sh/capacity-type", "spot", "NoSchedule")
         raw_toleration = env.get("GANOPS_SPOT_TOLERATION")
         if raw_toleration is not None:
-            spot_toleration = _parse_toleration(raw_toleration.strip(), problems)
+            spot_toleration = parse_toleration(raw_toleration.strip(), problems)
         level_name = (text("GANOPS_OPERATOR_POSTING_LEVEL", "INFO") or "INFO").upper()
         level = logging.getLevelName(level_name)
         if not isinstance(level, int):
@@ -272,7 +272,7 @@ def _parse_policy(env: Mapping[str, str], problems: list[str]) -> JobPolicy:
     tolerations = _items(env, "GANOPS_ALLOWED_TOLERATIONS")
     for entry in tolerations:
         if entry != ANY:
-            _parse_toleration(entry, problems, name="GANOPS_ALLOWED_TOLERATIONS")
+            parse_toleration(entry, problems, name="GANOPS_ALLOWED_TOLERATIONS")
     gates: dict[str, float] = {}
     for entry in _items(env, "GANOPS_MIN_GATES"):
         key, eq, raw = entry.partition("=")
@@ -315,7 +315,7 @@ def _check_network_policy(raw: str, problems: list[str]) -> None:
                         '"metricsFrom": [NetworkPolicy peers]}')
 
 
-def _parse_toleration(raw: str, problems: list[str], name: str = "GANOPS_SPOT_TOLERATION") -> Toleration | None:
+def parse_toleration(raw: str, problems: list[str], name: str = "GANOPS_SPOT_TOLERATION") -> Toleration | None:
     """`key[=value][:effect]`; empty = no toleration."""
     if not raw:
         return None
