@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +204,11 @@ def test_object_defaults_are_whole_and_exclusive_bounds_integral() -> None:
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
     def walk(node: dict[str, Any], path: str) -> None:
-        if node.get("type") == "object" and "default" in node:
-            assert node["default"] != {} or not node.get("x-kubernetes-validations"), path
+        if node.get("type") == "object" and node.get("default") == {}:
+            # `{}` is only safe when every rule reads its fields behind has() (the URI rules: `!has(self.uri) || ...`)
+            for rule in node.get("x-kubernetes-validations", []):
+                read = set(re.findall(r"self\.(\w+)", rule["rule"]))
+                assert read <= set(re.findall(r"has\(self\.(\w+)\)", rule["rule"])), (path, rule["rule"])
         for key in ("exclusiveMinimum", "exclusiveMaximum"):
             if node.get(key):
                 bound = node["minimum" if key == "exclusiveMinimum" else "maximum"]
