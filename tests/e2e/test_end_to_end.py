@@ -300,7 +300,7 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
         keys = api_keys_file(tmp_path / "api-keys", {"e2e": API_KEY})
         settings = ServingSettings(
             model="digits-e2e@production", mlflow_uri=mlflow.url, poll_interval_s=0.5, api_keys_file=keys,
-            require_api_keys=True, limits={"rate_limit_per_second": 0},
+            require_api_keys=True, limits={"rate_limit_per_second": 0, "address_rate_limit_per_second": 0},
             safety={"audit_uri": f"s3://{bucket}/audit", "watermark_key": WATERMARK_KEY,
                     "require_watermark_key": True},
         )

@@ -291,9 +291,9 @@ class ObjectStoreAuditSink:
 
     def _run(self) -> None:
         while True:
-            stopping = self._stop.is_set()
             self._wake.wait(self.flush_interval_s)
             self._wake.clear()
+            stopping = self._stop.is_set()  # close() sets it, then wakes us: a stop is never slept through
             self._cut_segments()
             self._store_pending()
             with self._idle:
