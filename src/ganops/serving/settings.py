@@ -119,10 +119,10 @@ class LimitSettings(_Section):
         256 * 256, ge=1, description="Uploaded pixels (watermark verification) that cost one token."
     )
     address_rate_limit_per_second: float = Field(
-        50.0, ge=0.0, description="Requests per second per client address, checked before authentication "
+        100.0, ge=0.0, description="Requests per second per client address, checked before authentication "
         "(probes and /metrics excepted); 0 = off.",
     )
-    address_rate_limit_burst: int = Field(100, ge=1, description="Bucket size per client address.")
+    address_rate_limit_burst: int = Field(200, ge=1, description="Bucket size per client address.")
     auth_failure_rate_per_second: float = Field(
         0.2, ge=0.0, description="Failed authentications per second a client address earns back; 0 = unlimited.",
     )
