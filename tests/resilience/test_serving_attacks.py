@@ -182,6 +182,52 @@ def _idle(edge: ServingProcess) -> bool:
                            headers={**key("verifier"), "Content-Type": "image/png"}).status_code == 200
 
 
+def test_a_verification_flood_is_bounded_and_the_event_loop_stays_free(
+    edge: ServingProcess, figures: dict[str, Any]
+) -> None:
+    limits = ServingSettings().limits
+    flood = limits.verify_concurrency + limits.verify_queue + 6
+    side = sized(1024, 2048)
+    figures["attack"] = (f"{flood} verifications of {side} px images at once (decoded on the event loop, unbounded "
+                         "before)")
+    upload = png(gradient(side, side))
+    answers: list[int] = []
+    probes: list[float] = []
+    done = threading.Event()
+
+    def verify(i: int) -> None:
+        with client_from(f"127.0.1.{i + 1}") as client:  # an address (and a bucket) each: only the gate limits
+            who = ("verifier", "verifier2", "verifier3")[i % 3]
+            answers.append(_verify(client, edge.url, upload, "image/png", who)[0].status_code)
+
+    def probe() -> None:
+        with client_from("127.0.0.1") as client:
+            while not done.is_set():
+                started = time.monotonic()
+                client.get(edge.url + "/healthz")
+                probes.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    with PeakRss(edge.pid) as rss:
+        threads = [threading.Thread(target=verify, args=(i,)) for i in range(flood)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+    done.set()
+    prober.join(30)
+    codes = Counter(answers)
+    figures.update(answers=dict(codes), slowest_healthz_s=round(max(probes), 2), probes=len(probes),
+                   rss_growth_mb=round(rss.growth / MB, 1))
+    assert len(answers) == flood and set(codes) <= {200, 429, 503, 504}, codes
+    assert codes[503] >= flood - limits.verify_concurrency - limits.verify_queue, codes  # the queue is bounded
+    assert max(probes) < 1.0, max(probes)  # decoding and verifying never ran on the event loop
+    assert rss.growth < 200 * MB, rss.growth / MB
+    wait_until(lambda: _idle(edge), timeout=120)
+
+
 def npy_header(shape: tuple[int, ...], dtype: str = "|u1") -> bytes:
     header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': {shape}, }}".encode()
     header += b" " * (64 - (10 + len(header) + 1) % 64) + b"\n"
