@@ -142,11 +142,6 @@ def _open_image(data: bytes, max_pixels: int) -> Upload:
     return Upload(height, width, decode)
 
 
-def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
-    """``uint8`` HWC pixels of a PNG/JPEG/WebP/.npy; ``ApiError`` 400/413 for anything else."""
-    return open_upload(data, max_pixels).decode()
-
-
 def _media(request: Request) -> str:
     media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if media not in RAW_TYPES and media != "application/json":
