@@ -36,6 +36,7 @@ from dashboards import contract
 from ganops import storage, tracking
 from ganops.api.crd import build_crd
 from ganops.serving.app import create_app
+from ganops.serving.safety.audit import read_audit_lines, verify_records
 from ganops.serving.settings import ServingSettings
 from tests.support.kube import KopfProcess, KopfProcessFactory, KubeAPI
 from tests.support.kube.admission import schema_admission
@@ -530,12 +531,16 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert len(withheld) == answer["blocked"] >= 3, answer["samples"]
     assert all(s["blocked_by"] == "degenerate" and s["data"] is None for s in withheld), withheld
     audit_root = f"s3://{p.bucket}/audit"
-    (record_uri,) = poll(lambda: [u for u in storage.open_store(audit_root).list(audit_root + "/")
-                                  if answer["request_id"] in u], 30, "the audit record in S3")
-    records = [json.loads(line) for line in storage.open_store(audit_root).get_bytes(record_uri).splitlines()]
-    assert sorted(r["sample_index"] for r in records) == [s["index"] for s in withheld]
-    assert {(r["filter"], r["outcome"], r["version"]) for r in records} == {
-        ("degenerate", "block", second["promotedVersion"])}
+
+    def audit_record() -> list[dict[str, Any]]:  # one record per request, in hash-chained segments
+        records = [json.loads(line) for _, line in read_audit_lines(audit_root + "/")]
+        return [r for r in records if r["request_id"] == answer["request_id"]]
+
+    (record,) = poll(audit_record, 30, "the audit record in S3")
+    assert [b["index"] for b in record["blocked_samples"]] == [s["index"] for s in withheld]
+    assert {(b["filter"], b["outcome"]) for b in record["blocked_samples"]} == {("degenerate", "block")}
+    assert record["version"] == second["promotedVersion"] and record["blocked"] == len(withheld)
+    assert verify_records(read_audit_lines(audit_root + "/")).intact
 
     # A healthy run logs no error: not in the operator, not in any pod.
     logs = {"operator": p.operator.output} | {path.parent.name: path.read_text(errors="replace")
