@@ -37,6 +37,7 @@ from dashboards import contract
 from ganops import storage, tracking
 from ganops.api.crd import build_crd
 from ganops.serving.app import create_app
+from ganops.serving.safety.audit import read_audit_lines, verify_records
 from ganops.serving.settings import ServingSettings
 from tests.support.kube import KopfProcess, KopfProcessFactory, KubeAPI
 from tests.support.kube.admission import schema_admission
@@ -302,7 +303,7 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
         keys = api_keys_file(tmp_path / "api-keys", {"e2e": API_KEY})
         settings = ServingSettings(
             model=f"{NS}.digits-e2e@production", mlflow_uri=mlflow.url, poll_interval_s=0.5, api_keys_file=keys,
-            require_api_keys=True, limits={"rate_limit_per_second": 0},
+            require_api_keys=True, limits={"rate_limit_per_second": 0, "address_rate_limit_per_second": 0},
             safety={"audit_uri": f"s3://{bucket}/audit", "watermark_key": WATERMARK_KEY,
                     "require_watermark_key": True},
         )
@@ -464,7 +465,8 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert [(m["name"], m["version"], m["alias"]) for m in models] == [
         (MODEL["digits-e2e"], digits_version, "production")]
     served = tracking.get_alias(p.mlflow.url, MODEL["digits-e2e"], "production")
-    assert served is not None and models[0]["checkpoint_uri"] == served.checkpoint_uri
+    assert served is not None and models[0]["step"] is not None
+    assert "checkpoint_uri" not in models[0] and served.checkpoint_uri not in str(models)  # no storage paths
 
     # /v1/generate: every sample passed the safety pipeline and carries this server's watermark.
     generated = p.client.post("/v1/generate", json={"n": 8, "seed": 1234, "format": "png"})
@@ -535,12 +537,16 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert len(withheld) == answer["blocked"] >= 3, answer["samples"]
     assert all(s["blocked_by"] == "degenerate" and s["data"] is None for s in withheld), withheld
     audit_root = f"s3://{p.bucket}/audit"
-    (record_uri,) = poll(lambda: [u for u in storage.open_store(audit_root).list(audit_root + "/")
-                                  if answer["request_id"] in u], 30, "the audit record in S3")
-    records = [json.loads(line) for line in storage.open_store(audit_root).get_bytes(record_uri).splitlines()]
-    assert sorted(r["sample_index"] for r in records) == [s["index"] for s in withheld]
-    assert {(r["filter"], r["outcome"], r["version"]) for r in records} == {
-        ("degenerate", "block", second["promotedVersion"])}
+
+    def audit_record() -> list[dict[str, Any]]:  # one record per request, in hash-chained segments
+        records = [json.loads(line) for _, line in read_audit_lines(audit_root + "/")]
+        return [r for r in records if r["request_id"] == answer["request_id"]]
+
+    (record,) = poll(audit_record, 30, "the audit record in S3")
+    assert [b["index"] for b in record["blocked_samples"]] == [s["index"] for s in withheld]
+    assert {(b["filter"], b["outcome"]) for b in record["blocked_samples"]} == {("degenerate", "block")}
+    assert record["version"] == second["promotedVersion"] and record["blocked"] == len(withheld)
+    assert verify_records(read_audit_lines(audit_root + "/")).intact
 
     # A healthy run logs no error: not in the operator, not in any pod.
     logs = {"operator": p.operator.output} | {path.parent.name: path.read_text(errors="replace")
