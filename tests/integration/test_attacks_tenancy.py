@@ -35,7 +35,7 @@ from tests.support.kube.admission import schema_admission
 from tests.support.kube.emulator import KubeApiError
 from tests.support.kube.workloads import complete_job, start_job_pods
 
-pytest_plugins = ["tests.support.kube.fixtures", "tests.support.mlflow_server"]
+pytest_plugins = ["tests.support.kube.fixtures", "tests.support.mlflow_server", "tests.support.figures"]
 
 GTJ = "ganops.io/v1alpha1"
 RESYNC = "0.3"
@@ -119,7 +119,7 @@ def train(kube: KubeAPI, checkpoints: str, namespace: str, name: str, modes: flo
 
 def test_team_b_cannot_move_defaults_model_by_auto_promotion_force_or_rollback(
     kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
-    mlflow_uri: str,
+    mlflow_uri: str, figures: dict[str, Any],
 ) -> None:
     """Issue 13, finding 1: team-b's job with `modelName: digits` and no gates moved `digits@production`, which
     default's job owned. Now every name is `<namespace>.<model>`: team-b's job registers `team-b.<model>`, and a
@@ -171,11 +171,16 @@ def test_team_b_cannot_move_defaults_model_by_auto_promotion_force_or_rollback(
     assert {v.tags["ganops.job"] for v in tracking.list_versions(mlflow_uri, owned)} == {
         "default/digits", "default/digits-v2"}
     assert tracking.list_versions(mlflow_uri, bare) == []  # and the bare name, the old target, is untouched
+    figures["attack"] = ("team-b's job names default's model (bare, then default.<model>): auto promotion, force, "
+                         "rollback (moved default's production before)")
+    figures["refusals"] = sum(len(warnings(kube_api, "team-b", "takeover", r))
+                              for r in ("PromotionRefused", "RollbackRefused"))
+    figures["default_production_version"] = production.version
 
 
 def test_a_model_holding_another_namespaces_versions_is_refused_by_its_lineage(
     kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
-    mlflow_uri: str,
+    mlflow_uri: str, figures: dict[str, Any],
 ) -> None:
     """The second line (a name that got the wrong owner's versions by hand or in a migration): before moving an
     alias, the operator reads the versions' `ganops.job` lineage and refuses a model another namespace's jobs
@@ -194,11 +199,13 @@ def test_a_model_holding_another_namespaces_versions_is_refused_by_its_lineage(
     kube_api.wait_for(lambda: warnings(kube_api, "team-b", "mixed", "RollbackRefused"), message="rollback refused")
     assert "default/x" in warnings(kube_api, "team-b", "mixed", "RollbackRefused")[0]
     assert [v.version for v in tracking.list_versions(mlflow_uri, f"team-b.{bare}")] == [planted]
+    figures["attack"] = "promote into, and roll back to, a model holding another namespace's versions"
+    figures["versions_after"] = 1
 
 
 def test_a_job_cannot_lower_the_platforms_minimum_gates_not_even_by_force(
     kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
-    mlflow_uri: str,
+    mlflow_uri: str, figures: dict[str, Any],
 ) -> None:
     """A job with no gates (the issue's attacker) is judged by GANOPS_MIN_GATES all the same, and `promote: force`
     skips only the job's own gates: below the floor nothing moves."""
@@ -214,6 +221,8 @@ def test_a_job_cannot_lower_the_platforms_minimum_gates_not_even_by_force(
                                   warnings(kube_api, "team-b", "weak", "PromotionRejected")), timeout=60,
                       message="force refused below the floor")
     assert tracking.get_alias(mlflow_uri, f"team-b.{bare}", "production") is None
+    figures["attack"] = "a job with minModes 0 below GANOPS_MIN_GATES minModes=20, then promote: force"
+    figures["alias_moved"] = False
 
 
 # ------------------------------------------------------------------------------------------------ 2. exfiltration
@@ -261,7 +270,7 @@ def listener() -> Iterator[Listener]:
 
 def test_the_operator_never_contacts_a_user_chosen_mlflow(
     kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
-    mlflow_uri: str, listener: Listener,
+    mlflow_uri: str, listener: Listener, figures: dict[str, Any],
 ) -> None:
     """Issue 13, finding 2: a job's `spec.tracking.mlflowUri` was the operator's promotion target, and the operator
     sent its MLFLOW_TRACKING_TOKEN there. Now a job naming a server the platform did not list is refused
@@ -289,6 +298,10 @@ def test_the_operator_never_contacts_a_user_chosen_mlflow(
     assert status.get("phase") == "Failed" and f"spec.tracking.mlflowUri {listener.url!r}" in message
     assert "is not an MLflow server of this platform" in message
     assert kube_api.get_or_none("batch/v1", "Job", "team-b", "exfil") is None  # no pods carried a Secret there
+    figures["attack"] = ("spec.tracking.mlflowUri at a listener on 127.0.0.1, then promote: force and rollback-to "
+                         "(the operator sent its MLflow token there before)")
+    figures["listener_requests"] = len(listener.requests)
+    figures["userinfo_uri_status"] = refused.value.status
 
 
 # ------------------------------------------------------------------------------------------------ 3. pods
@@ -296,7 +309,7 @@ def test_the_operator_never_contacts_a_user_chosen_mlflow(
 
 def test_pod_shaping_fields_outside_the_admin_policy_get_invalid_spec(
     kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
-    mlflow_uri: str,
+    mlflow_uri: str, figures: dict[str, Any],
 ) -> None:
     """Issue 13, finding 8 (operator part): users chose image, priorityClassName, nodeSelector and tolerations of
     pods the operator creates for them. Now the admin lists what is allowed; anything else is `InvalidSpec` with the
@@ -329,6 +342,10 @@ def test_pod_shaping_fields_outside_the_admin_policy_get_invalid_spec(
     policy = kube_api.get("networking.k8s.io/v1", "NetworkPolicy", "team-b", "fine-trainer")
     assert policy["spec"]["podSelector"]["matchLabels"]["ganops.io/job"] == "fine"
     assert policy["spec"]["ingress"] == [] and policy["spec"]["egress"] == egress  # one replica: no peers at all
+    figures["attack"] = ("image, priorityClassName, nodeSelector and tolerations outside the admin's lists (the "
+                         "operator created such pods before)")
+    figures["reasons_named"] = 4
+    figures["jobs_created"] = 0
 
 
 # ------------------------------------------------------------------------------------------------ 4. MLflow params
@@ -343,7 +360,7 @@ SECRETS = ("AKIAIOSFODNN7EXAMPLE", "5d672d79c15b13162d9279b0855cfba6789a8edb4c82
 
 
 def test_mlflow_params_and_tags_hold_no_secret_from_a_presigned_dataset_uri(
-    kube_api: KubeAPI, mlflow_uri: str
+    kube_api: KubeAPI, mlflow_uri: str, figures: dict[str, Any]
 ) -> None:
     """Issue 13, finding 7: user-info in mlflowUri and presigned query strings in dataset.uri were logged as run
     params. Admission now refuses such URIs; and whatever still reaches the trainer (an older CRD, a hand-edited job
@@ -372,6 +389,9 @@ def test_mlflow_params_and_tags_hold_no_secret_from_a_presigned_dataset_uri(
     assert run.data.params["raw.datasetUri"] == "s3://datasets/digits.zip?***"
     for value in (*run.data.params.values(), *run.data.tags.values()):
         assert not any(secret in value for secret in SECRETS), value
+    figures["attack"] = "a presigned dataset.uri and user-info in mlflowUri (logged as MLflow params before)"
+    figures["admission_status"] = refused.value.status
+    figures["values_checked"] = len(run.data.params) + len(run.data.tags)
 
 
 # ------------------------------------------------------------------------------------------------ migration

@@ -94,6 +94,10 @@ FINDINGS = [
     "connection limits, header size limit or read timeouts, X-Forwarded-For trusted from 127.0.0.1, unlimited failed "
     "authentications, unweighted rate limits, bodies parsed before authentication, a synchronous unchained audit "
     "log - each now refused, see Attacks (tests/resilience/test_serving_attacks.py).",
+    "Tenancy (issue 13): a job in another namespace moved `digits@production` (auto, force and rollback), the "
+    "operator sent its MLflow token to a job's `mlflowUri`, users chose image, priority class, node selector and "
+    "tolerations of the operator's pods, presigned URIs were logged as MLflow params - each now refused, see "
+    "Attacks (tests/integration/test_attacks_tenancy.py).",
 ]
 
 
@@ -115,6 +119,13 @@ def _markdown(data: dict[str, Any]) -> str:
         f"`make resilience` ({data['mode']} sizes) on {data['host']}, {data['date']}; "
         f"{data['passed']} passed, {data['failed']} failed, {data['skipped']} skipped in {data['seconds']:.0f} s.",
         "",
+    ]
+    run = data.get("attacks_run")
+    if run:  # attack rows from a later run of the attack tests alone (`--merge`), not counted in the line above
+        lines += [f"The attack tests ({', '.join(f'`{t}`' for t in run['tests'])}) ran on their own at {run['mode']} "
+                  f"sizes, {run['date']}: {run['passed']} passed, {run['failed']} failed in {run['seconds']:.0f} s; "
+                  "their rows replace those of the run above (counted in neither its header nor its time).", ""]
+    lines += [
         "| figure | value |",
         "|---|---:|",
     ]
@@ -162,3 +173,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     path.with_suffix(".md").write_text(_markdown(data))
+
+
+def merge_attacks(partial: Path, into: Path) -> None:
+    """Put the rows of a run of the attack tests alone (``partial``, a ``<path>.json`` this plugin wrote) into the
+    report ``into`` (``<path>`` without suffix) of the last full ``make resilience``: its figures and outcomes
+    replace those tests' rows, and the report says when and how that run went. Used when the whole suite is too
+    long to rerun for a change to the attacks."""
+    data = json.loads(into.with_suffix(".json").read_text())
+    run = json.loads(partial.read_text())
+    tests = sorted({nodeid.split("::", 1)[0] for nodeid in (*run["figures"], *run["outcomes"])})
+    for key in ("figures", "outcomes"):
+        data[key] = {n: v for n, v in data[key].items() if n.split("::", 1)[0] not in tests} | run[key]
+    data["attacks_run"] = {"date": run["date"], "mode": run["mode"], "seconds": run["seconds"], "tests": tests,
+                           "passed": run["passed"], "failed": run["failed"]}
+    FIGURES.clear()
+    FIGURES.update(data["figures"])
+    data["totals"] = _totals()
+    into.with_suffix(".json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    into.with_suffix(".md").write_text(_markdown(data))
+
+
+if __name__ == "__main__":  # python -m tests.resilience.report --merge /tmp/attacks.json reports/resilience
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "--merge":
+        sys.exit("usage: python -m tests.resilience.report --merge <attacks run>.json <report path without suffix>")
+    merge_attacks(Path(sys.argv[2]), Path(sys.argv[3]))
