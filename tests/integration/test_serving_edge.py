@@ -1,6 +1,7 @@
 """The serving edge over a real uvicorn server (issue 13, finding 8 and the gaps mutation testing found): an empty key
 file refuses everyone, a key-file reload fails closed and says so in a metric, a checkpoint whose bytes parse but
-fail their checksum is refused, ``safety.require_memorization_index`` keeps a version without an index out."""
+fail their checksum is refused, ``safety.require_memorization_index`` keeps a version without an index out, a
+verification is charged by its uploaded pixels."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from safetensors.numpy import load as load_safetensors
 
@@ -111,3 +113,25 @@ def test_require_memorization_index_keeps_a_version_without_one_out(
         wait_ready(server.url)
         (model,) = httpx.get(server.url + "/v1/models").json()["models"]
         assert "memorization" in model["filters"]
+
+
+def test_a_verification_costs_its_uploaded_pixels(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
+    """The caller's bucket is charged one token per `rate_limit_pixels_per_token` uploaded pixels (issue 13, finding
+    5: a request cost one token whatever its upload size). 128 × 128 = 16,384 pixels at 4,096 per token is 4 tokens:
+    a bucket of 8 (no refill to speak of) lets two such uploads through and refuses the third, while 8-pixel-square
+    uploads (one token each) get all 8 tokens' worth."""
+    from ganops.images import encode_png
+
+    limits = {"rate_limit_per_second": 0.001, "rate_limit_burst": 8, "rate_limit_pixels_per_token": 4096}
+    big = encode_png(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8))
+    small = encode_png(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    with ServerThread(_app(serving_checkpoints.digits[2], tmp_path, limits=limits)) as server:
+        wait_ready(server.url)
+
+        def verify(png: bytes, client: str) -> int:  # one bucket per client address; X-Forwarded-For is not trusted
+            with httpx.Client(transport=httpx.HTTPTransport(local_address=client)) as http:
+                return http.post(server.url + "/v1/watermark/verify", content=png,
+                                 headers={"Content-Type": "image/png"}).status_code
+
+        assert [verify(big, "127.0.0.2") for _ in range(3)] == [200, 200, 429]
+        assert [verify(small, "127.0.0.3") for _ in range(9)] == [200] * 8 + [429]
