@@ -95,11 +95,13 @@ images:
 
 # Fault injection at full size - 100 SIGKILLs of the trainer, preemptions through the operator, S3 errors and MLflow
 # restarts mid-training, operator SIGKILLs, serving under bad promotions and an MLflow outage - plus the bad-input
-# corpus; writes reports/resilience.md and reports/resilience.json. `make test` runs the same tests at fast sizes.
+# corpus and the attacks of issue 13 (serving edge, tenancy: the report's "Attacks" section); writes
+# reports/resilience.md and reports/resilience.json. `make test` runs the same tests at fast sizes.
 .PHONY: resilience
 resilience: install
 	GANOPS_RESILIENCE=full GANOPS_RESILIENCE_REPORT=reports/resilience OMP_NUM_THREADS=1 \
-	  $(PY) -m pytest -q -p tests.resilience.report tests/resilience tests/badinput $(PYTEST_ARGS)
+	  $(PY) -m pytest -q -p tests.resilience.report tests/resilience tests/integration/test_attacks_tenancy.py \
+	  tests/badinput $(PYTEST_ARGS)
 
 clean:
 	rm -rf .ganops reports/*.tmp

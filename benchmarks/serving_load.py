@@ -116,6 +116,8 @@ def serve(checkpoint: str, work: Path, **env: str) -> Iterator[tuple[int, int]]:
         "GANOPS_SERVING_PORT": str(port),
         "GANOPS_SERVING_LOG_LEVEL": "warning",
         "GANOPS_SERVING_LIMITS__RATE_LIMIT_PER_SECOND": "0",
+        "GANOPS_SERVING_LIMITS__ADDRESS_RATE_LIMIT_PER_SECOND": "0",
+        "GANOPS_SERVING_SERVER__LIMIT_CONCURRENCY": "8192",
         "GANOPS_SERVING_BATCHING__MAX_QUEUE": "4096",
         "GANOPS_SERVING_SAFETY__AUDIT_URI": (work / "audit").as_uri(),
         "GANOPS_SERVING_SAFETY__WATERMARK_KEY": WATERMARK_KEY,

@@ -171,6 +171,12 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "*.tolerations": _OPAQUE_ITEMS,
     "*.affinity": _AFFINITY,
     "serving.topologySpreadConstraints": _OPAQUE_ITEMS,
+    "serving.server.limitConcurrency": {"minimum": 1, "maximum": 100000},
+    "serving.server.maxHeaderBytes": {"minimum": 1024, "maximum": 1048576},
+    "serving.server.headerTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 300},
+    "serving.server.bodyTimeoutSeconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+    "serving.server.keepAliveTimeoutSeconds": {"minimum": 1, "maximum": 300},
+    "serving.trustedProxies": {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True},
     "trainer.checkpointUri": {"pattern": r"^(s3|file)://"},
     "trainer.terminationGraceSeconds": {"minimum": 1, "maximum": 86400},
     "trainer.metricsPort": _PORT,
@@ -213,6 +219,26 @@ CONSTRAINTS: dict[str, dict[str, Any]] = {
     "networkPolicy.servingClients": _PEERS,
     "networkPolicy.*.to": _PEERS,
     "networkPolicy.*.ports": _PORTS,
+    "networkPolicy.objectStore.ports": {"type": "array", "items": _PORT},
+    "networkPolicy.mlflow.ports": {"type": "array", "items": _PORT},
+    "networkPolicy.*.podSelector": _SELECTOR,
+    "operator.policy.allowedMlflowUris": {"type": "array", "items": {"type": "string", "pattern": r"^https?://[^@?#]+$"},
+                                          "uniqueItems": True},
+    "operator.policy.allowedCheckpointUris": {"type": "array", "items": {
+        "type": "string", "pattern": r"^(s3|file)://[^?#]*$"}, "uniqueItems": True},
+    "operator.policy.allowedImages": {"type": "array", "items": {"type": "string", "minLength": 1,
+                                                                 "pattern": r"^[^,\s]+$"}, "uniqueItems": True},
+    "operator.policy.allowedPriorityClasses": {"type": "array", "items": {"type": "string", "pattern": r"^[^,\s]+$"},
+                                               "uniqueItems": True},
+    "operator.policy.allowedNodeSelectors": {"type": "array", "items": {
+        "type": "string", "pattern": r"^[^,=\s]+(=[^,\s]*)?$"}, "uniqueItems": True},
+    "operator.policy.allowedTolerations": {"type": "array", "items": {
+        "type": "string", "pattern": r"^(\*|[^,=:\s]+(=[^,:\s]*)?(:(NoSchedule|PreferNoSchedule|NoExecute))?)$"},
+        "uniqueItems": True},
+    "operator.policy.minGates": {"type": "object", "properties": {
+        "maxFID": {"type": "number", "minimum": 0}, "minRecall": {"type": "number", "minimum": 0, "maximum": 1},
+        "minModes": {"type": "integer", "minimum": 0}, "minHighQuality": {"type": "number", "minimum": 0, "maximum": 1},
+        "maxSafetyBlockRate": {"type": "number", "minimum": 0, "maximum": 1}}, "additionalProperties": False},
     "networkPolicy.extraEgress": {
         "type": "array",
         "items": {"type": "object", "properties": {"to": _PEERS, "ports": {"type": "array", "items": {

@@ -3,8 +3,8 @@
 Exit codes: 0 done (or stopped cleanly by SIGTERM after a checkpoint; `promote`: promoted), 2 the job file or an
 argument is wrong, 3 the job cannot start (data, credentials, storage; `promote`: no readable checkpoint, or MLflow
 unavailable or refusing; `serve`: the model reference cannot be resolved or read),
-4 `promote` only: the gates rejected the checkpoint (it is registered, the alias did not
-move), 1 anything unexpected.
+4 `promote`: the gates rejected the checkpoint (it is registered, the alias did not move); `audit verify`: a
+record breaks the audit log's hash chain, 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -273,6 +273,38 @@ def serve(
     signal.signal(signal.SIGINT, stopped)
     run_server(settings)
     typer.echo("stopped", err=True)
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="The audit log of blocked samples (docs/safety.md).")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    location: Annotated[str, typer.Argument(
+        help="An audit log: a .jsonl file, a folder or a file:// / s3:// prefix (every *.jsonl under it).")],
+    partial: Annotated[bool, typer.Option(
+        "--partial", help="Accept chains whose first records were pruned (they may start after seq 0).")] = False,
+) -> None:
+    """Check the hash chains of an audit log: each record's own hash, its link to the previous record, no gap.
+    Exit 0 when intact, 4 naming the first broken record, 3 when there is nothing readable to check."""
+    from ganops.serving.safety.audit import read_audit_lines, verify_records
+    from ganops.storage import StorageError
+
+    uri = location if "://" in location else Path(location).resolve().as_uri()
+    try:
+        report = verify_records(read_audit_lines(uri), partial=partial)
+    except StorageError as exc:
+        _fail([f"cannot read the audit log at {location}: {exc}"], EXIT_CANNOT_START)
+    if report.broken is not None:
+        typer.echo(f"broken: {report.broken}", err=True)
+        typer.echo(f"{report.records} record(s) read; the log was changed at or before the record named above",
+                   err=True)
+        raise typer.Exit(EXIT_REJECTED)
+    if report.records == 0:
+        _fail([f"no audit records at {location}"], EXIT_CANNOT_START)
+    chains = ", ".join(f"{chain} ({count})" for chain, count in sorted(report.chains.items()))
+    typer.echo(f"intact: {report.records} record(s) in {len(report.chains)} chain(s): {chains}")
 
 
 def _deprecated_alias(old: str, old_value: str | None, new: str, new_value: str | None) -> str | None:

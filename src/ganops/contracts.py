@@ -84,3 +84,22 @@ DATASET_GRID25: Final = "builtin:grid25"
 DATASET_DIGITS: Final = "builtin:digits"
 BUILTIN_DATASETS: Final = (DATASET_RING8, DATASET_GRID25, DATASET_DIGITS)
 MIXTURE_DATASETS: Final = (DATASET_RING8, DATASET_GRID25)  # infinite 2-D Gaussian mixtures
+
+# ------------------------------------------------------------------------------------------------ tenancy
+# Registry model names belong to a namespace: the operator registers a job's model as `<namespace>.<model>`.
+# Kubernetes namespace names hold no dots, so the text before the first dot is the owner, unambiguously.
+
+MODEL_NAMESPACE_SEPARATOR: Final = "."
+
+
+def registered_model_name(namespace: str, model: str) -> str:
+    """The registry name of `model` for a job in `namespace`: ``team-a.digits`` for ``digits``; a name already
+    qualified (``team-a.digits``) is returned as is, whatever namespace qualifies it (see `model_namespace`)."""
+    return model if MODEL_NAMESPACE_SEPARATOR in model else f"{namespace}{MODEL_NAMESPACE_SEPARATOR}{model}"
+
+
+def model_namespace(registered: str) -> str | None:
+    """The namespace owning a registered model name (``team-a`` for ``team-a.digits``); None for a name without a
+    qualifier (registered before names were owned by namespaces, or by hand)."""
+    owner, separator, _ = registered.partition(MODEL_NAMESPACE_SEPARATOR)
+    return owner if separator and owner else None

@@ -65,6 +65,17 @@ class PromotionError(RuntimeError):
     """Nothing to promote: no checkpoint under the root, or one that cannot be read or loaded."""
 
 
+class OwnershipError(PromotionError):
+    """The registered model holds versions another namespace's jobs registered (their ``ganops.job`` lineage):
+    promoting into it would let one tenant move what another serves."""
+
+    def __init__(self, model_name: str, owners: list[str], namespace: str) -> None:
+        self.model_name = model_name
+        self.owners = owners
+        self.namespace = namespace
+        super().__init__(f"{model_name} holds versions registered by namespace {', '.join(owners)}, not {namespace}")
+
+
 # ------------------------------------------------------------------------------------------------ gates
 
 
@@ -129,6 +140,28 @@ def evaluate_gates(gates: GatesSpec, metrics: Mapping[str, Any]) -> GateDecision
         else:
             passes.append(f"{gate.metric} {_fmt(value)} >= {gate.wire} {_fmt(limit)}")
     return GateDecision(passed=not failures, failures=failures, passes=passes)
+
+
+def strictest(gates: GatesSpec, floor: GatesSpec | None) -> GatesSpec:
+    """``gates`` raised to ``floor`` (the platform's minimum gates): per gate the stricter threshold (the lower
+    ``max*``, the higher ``min*``); a gate only one of them sets is kept. A job can add or tighten gates, never
+    loosen the floor."""
+    if floor is None:
+        return gates
+    values: dict[str, float | int | None] = {}
+    for gate in GATES:
+        mine, theirs = getattr(gates, gate.field), getattr(floor, gate.field)
+        if theirs is None or mine is None:
+            values[gate.field] = theirs if mine is None else mine
+        else:
+            values[gate.field] = min(mine, theirs) if gate.kind == "max" else max(mine, theirs)
+    return GatesSpec.model_validate(values)
+
+
+def owners_of(versions: list[tracking.ModelVersionInfo]) -> set[str]:
+    """The namespaces whose jobs registered ``versions`` (from their ``ganops.job`` tag, ``<namespace>/<job>``);
+    a version without that tag counts as ``?`` (registered by hand, not by a job)."""
+    return {str(v.tags.get(contracts.TAG_JOB) or "?/").partition("/")[0] or "?" for v in versions}
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
@@ -273,9 +306,9 @@ def _run_on_server(tracking_uri: str, run_id: str | None) -> str | None:
     return run_id
 
 
-def _existing_version(tracking_uri: str, model_name: str, checkpoint_uri: str,
+def _existing_version(versions: list[tracking.ModelVersionInfo], checkpoint_uri: str,
                       verdict: str) -> tracking.ModelVersionInfo | None:
-    for info in tracking.list_versions(tracking_uri, model_name):
+    for info in versions:
         if info.checkpoint_uri == checkpoint_uri and info.tags.get(contracts.TAG_GATES) == verdict:
             return info
     return None
@@ -317,12 +350,17 @@ def promote(
     job: str | None = None,
     render: bool = True,
     artifact_root: str | None = None,
+    model_name: str | None = None,
+    owner_namespace: str | None = None,
 ) -> PromotionResult:
     """Judge and register the best checkpoint under ``checkpoint_root_uri`` (a job's root, or one step folder);
     move ``spec.promotion.alias`` to it when the gates pass.
 
     ``render=False`` skips the sample grid (and torch). ``artifact_root`` (a local store's artifact folder) is where
     the registry's pointer experiment keeps its artifacts when the job's run is not on this tracking server.
+    ``model_name`` overrides the registered name (the operator passes ``<namespace>.<model>``). With
+    ``owner_namespace``, a model holding versions that another namespace's jobs registered is refused
+    (:class:`OwnershipError`) before anything is registered or moved.
 
     Raises :class:`PromotionError` (no or unreadable checkpoint), :class:`ganops.tracking.TrackingUnavailable`
     (MLflow did not answer) or :class:`ganops.tracking.TrackingError` (MLflow refused).
@@ -336,7 +374,7 @@ def promote(
     if not job:
         raise ValueError("promote() needs the job's name (job=...) when given a bare spec")
     namespace = namespace or "default"
-    model_name = spec.promotion.model_name or job
+    model_name = model_name or spec.promotion.model_name or job
     alias = spec.promotion.alias
 
     choice = choose_checkpoint(checkpoint_root_uri)
@@ -367,7 +405,12 @@ def promote(
         tags[contracts.TAG_SAMPLES_SHA256] = samples_sha256(samples)
         tags[contracts.TAG_SAMPLES_N] = str(settings.sample_count)
 
-    existing = _existing_version(tracking_uri, model_name, choice.uri, verdict)
+    versions = tracking.list_versions(tracking_uri, model_name)
+    if owner_namespace is not None:
+        foreign = sorted(owners_of(versions) - {owner_namespace})
+        if foreign:
+            raise OwnershipError(model_name, foreign, owner_namespace)
+    existing = _existing_version(versions, choice.uri, verdict)
     if existing is not None:
         version, reused = existing.version, True
     else:
@@ -400,12 +443,15 @@ __all__ = [
     "CheckpointChoice",
     "GateDecision",
     "GenerationSettings",
+    "OwnershipError",
     "PromotionError",
     "PromotionResult",
     "choose_checkpoint",
     "evaluate_gates",
+    "owners_of",
     "promote",
     "render_samples",
     "samples_png",
     "samples_sha256",
+    "strictest",
 ]

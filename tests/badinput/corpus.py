@@ -105,6 +105,14 @@ CASES: list[Case] = [
     _field_case("unknown-precision", "spec.training.precision", "fp8", "spec.training.precision must be one of"),
     _field_case("unknown-loss", "spec.loss.type", "wasserstein-ish", "spec.loss.type must be one of"),
     _field_case("unknown-builtin-dataset", "spec.dataset.uri", "builtin:cifar", "spec.dataset.uri"),
+    # URIs that carry credentials or climb out of their prefix (issue 13: they reached MLflow params and the
+    # operator's credentials followed them)
+    _field_case("mlflow-uri-with-user-info", "spec.tracking.mlflowUri", "https://u:tok@ml.example.com",
+                "spec.tracking.mlflowUri must be an http(s)://<host>[:port][/path] URL without user-info"),
+    _field_case("presigned-dataset-uri", "spec.dataset.uri", "s3://b/x.npz?X-Amz-Signature=abc",
+                "spec.dataset.uri must be one of"),
+    _field_case("checkpoint-uri-escaping-its-prefix", "spec.checkpoint.uri", "s3://b/team-b/../team-a",
+                "spec.checkpoint.uri must be an s3://<bucket>/… or file://… URI without a query string"),
     # missing
     Case("missing-dataset", _mutated("missing-dataset", _drop("spec.dataset")), "spec.dataset is required: add it",
          field="spec.dataset"),

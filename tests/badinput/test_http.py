@@ -94,7 +94,8 @@ CASES: list[tuple[str, str, bytes, dict[str, str], int, str]] = [
 def server(serving_checkpoints: ServingCheckpoints, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("badhttp")
     settings = ServingSettings(checkpoint_uri=serving_checkpoints.digits[-1], model_name="digits",
-                               limits={"rate_limit_per_second": 0, "max_body_bytes": MAX_BODY},
+                               limits={"rate_limit_per_second": 0, "address_rate_limit_per_second": 0,
+                                       "max_body_bytes": MAX_BODY},
                                safety={"audit_uri": (tmp / "audit").as_uri()})
     with ServerThread(create_app(settings)) as running:
         wait_ready(running.url, timeout=60)

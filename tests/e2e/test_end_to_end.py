@@ -5,7 +5,8 @@
   Jobs produce runs as a local process started from the pod's own command, env (the S3 credentials come from the
   Secret through `envFrom`) and volumes (the job file ConfigMap), so the operator's rendered pod is what trains;
 - moto's S3 server (checkpoints, MLflow's artifacts, the serving audit log), `mlflow server` with S3 artifacts,
-  Debian's `prometheus` with the dashboards' rules, and the serving app under uvicorn following `digits-e2e@production`.
+  Debian's `prometheus` with the dashboards' rules, and the serving app under uvicorn following
+  `ml-e2e.digits-e2e@production`.
 
 The flow: apply a 2-D grid job and a digits job → their pods start → checkpoints land in S3 → the status shows
 step, quality and cost → both succeed → promotion passes the gates and moves each model's alias → the running
@@ -36,6 +37,7 @@ from dashboards import contract
 from ganops import storage, tracking
 from ganops.api.crd import build_crd
 from ganops.serving.app import create_app
+from ganops.serving.safety.audit import read_audit_lines, verify_records
 from ganops.serving.settings import ServingSettings
 from tests.support.kube import KopfProcess, KopfProcessFactory, KubeAPI
 from tests.support.kube.admission import schema_admission
@@ -94,7 +96,8 @@ spec:
 """
 STEPS = {"grid-e2e": 1500, "digits-e2e": 600}
 CHECKPOINT_EVERY = {"grid-e2e": 500, "digits-e2e": 200, "digits-e2e-b": 200}
-MODEL = {"grid-e2e": "grid-e2e", "digits-e2e": "digits-e2e", "digits-e2e-b": "digits-e2e"}
+# Registered names: the operator registers a job's model as <namespace>.<modelName>.
+MODEL = {"grid-e2e": f"{NS}.grid-e2e", "digits-e2e": f"{NS}.digits-e2e", "digits-e2e-b": f"{NS}.digits-e2e"}
 # Applied once digits-e2e@production is served: another seed of the same job, for the same model (FID ≈ 87 at
 # step 600). Its promotion moves the alias from version 1 to version 2 under load.
 SECOND_DIGITS = yaml.safe_load(JOBS.split("---")[1])
@@ -299,14 +302,15 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
         stack.append(monitor.stop)
         keys = api_keys_file(tmp_path / "api-keys", {"e2e": API_KEY})
         settings = ServingSettings(
-            model="digits-e2e@production", mlflow_uri=mlflow.url, poll_interval_s=0.5, api_keys_file=keys,
-            require_api_keys=True, limits={"rate_limit_per_second": 0},
+            model=f"{NS}.digits-e2e@production", mlflow_uri=mlflow.url, poll_interval_s=0.5, api_keys_file=keys,
+            require_api_keys=True, limits={"rate_limit_per_second": 0, "address_rate_limit_per_second": 0},
             safety={"audit_uri": f"s3://{bucket}/audit", "watermark_key": WATERMARK_KEY,
                     "require_watermark_key": True},
         )
         serving = ServerThread(create_app(settings)).start()
         stack.append(serving.stop)
-        grid_serving = ServerThread(create_app(settings.model_copy(update={"model": "grid-e2e@production"}))).start()
+        grid_settings = settings.model_copy(update={"model": f"{NS}.grid-e2e@production"})
+        grid_serving = ServerThread(create_app(grid_settings)).start()
         stack.append(grid_serving.stop)
         prom.set_job_targets("ganops-serving", [(f"127.0.0.1:{serving.port}", {"namespace": "ganops"}),
                                                 (f"127.0.0.1:{grid_serving.port}", {"namespace": "ganops"})])
@@ -426,7 +430,7 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
 
     # Promotion moved each model's alias to a version whose checkpoint is the job's best one, in S3.
     for name, status in statuses.items():
-        alias = tracking.get_alias(p.mlflow.url, name, "production")
+        alias = tracking.get_alias(p.mlflow.url, MODEL[name], "production")
         assert alias is not None and alias.version == status["promotedVersion"]
         assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/{name}/step-")
         assert alias.tags["ganops.job"] == f"{NS}/{name}" and alias.tags["ganops.gates"] == "passed"
@@ -458,9 +462,11 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     poll(ready, 60, "the server loads the promoted version")
     mark("served")
     models = p.client.get("/v1/models").json()["models"]
-    assert [(m["name"], m["version"], m["alias"]) for m in models] == [("digits-e2e", digits_version, "production")]
-    served = tracking.get_alias(p.mlflow.url, "digits-e2e", "production")
-    assert served is not None and models[0]["checkpoint_uri"] == served.checkpoint_uri
+    assert [(m["name"], m["version"], m["alias"]) for m in models] == [
+        (MODEL["digits-e2e"], digits_version, "production")]
+    served = tracking.get_alias(p.mlflow.url, MODEL["digits-e2e"], "production")
+    assert served is not None and models[0]["step"] is not None
+    assert "checkpoint_uri" not in models[0] and served.checkpoint_uri not in str(models)  # no storage paths
 
     # /v1/generate: every sample passed the safety pipeline and carries this server's watermark.
     generated = p.client.post("/v1/generate", json={"n": 8, "seed": 1234, "format": "png"})
@@ -474,7 +480,8 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
         assert all(v["outcome"] == "pass" for v in sample["verdicts"]), sample["verdicts"]
         verified = p.client.post("/v1/watermark/verify", json={"image": sample["data"]})
         assert verified.status_code == 200, verified.text
-        assert verified.json()["present"] is True and verified.json()["model"] == f"digits-e2e:{digits_version}"
+        assert verified.json()["present"] is True
+        assert verified.json()["model"] == f"{MODEL['digits-e2e']}:{digits_version}"
     assert p.client.post("/v1/generate", json={"n": 1}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert "degenerate" in models[0]["filters"] and models[0]["skipped_filters"].get("nsfw") == "below_min_size"
 
@@ -490,10 +497,10 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert all(len(c) == 2 and all(math.isfinite(v) for v in c) for c in coordinates)
     assert max(abs(v) for c in coordinates for v in c) > 0.5  # spread over the grid, not collapsed at the origin
     verified = p.grid_client.post("/v1/watermark/verify", json={"image": points["grid"]["data"]}).json()
-    assert verified["present"] is True and verified["model"] == f"grid-e2e:{grid_version}"
+    assert verified["present"] is True and verified["model"] == f"{MODEL['grid-e2e']}:{grid_version}"
     # Each server only vouches for its own outputs' model.
     assert p.client.post("/v1/watermark/verify", json={"image": points["grid"]["data"]}).json()["model"] != \
-        f"digits-e2e:{digits_version}"
+        f"{MODEL['digits-e2e']}:{digits_version}"
 
     # A better run of the same model is promoted while clients keep generating: the server swaps from version 1
     # to version 2 in place, with no failed request, and each client sees version 1, then only version 2.
@@ -503,7 +510,7 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     second = poll(partial(finished, "digits-e2e-b"), 240, partial(p.diagnostics, "digits-e2e-b promoted"))
     statuses["digits-e2e-b"] = second
     assert second["promotedVersion"] != digits_version
-    alias = tracking.get_alias(p.mlflow.url, "digits-e2e", "production")
+    alias = tracking.get_alias(p.mlflow.url, MODEL["digits-e2e"], "production")
     assert alias is not None and alias.version == second["promotedVersion"]
     assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/digits-e2e-b/step-")
     poll(lambda: traffic.seen and traffic.seen[-1] == (200, second["promotedVersion"]), 60,
@@ -530,12 +537,16 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert len(withheld) == answer["blocked"] >= 3, answer["samples"]
     assert all(s["blocked_by"] == "degenerate" and s["data"] is None for s in withheld), withheld
     audit_root = f"s3://{p.bucket}/audit"
-    (record_uri,) = poll(lambda: [u for u in storage.open_store(audit_root).list(audit_root + "/")
-                                  if answer["request_id"] in u], 30, "the audit record in S3")
-    records = [json.loads(line) for line in storage.open_store(audit_root).get_bytes(record_uri).splitlines()]
-    assert sorted(r["sample_index"] for r in records) == [s["index"] for s in withheld]
-    assert {(r["filter"], r["outcome"], r["version"]) for r in records} == {
-        ("degenerate", "block", second["promotedVersion"])}
+
+    def audit_record() -> list[dict[str, Any]]:  # one record per request, in hash-chained segments
+        records = [json.loads(line) for _, line in read_audit_lines(audit_root + "/")]
+        return [r for r in records if r["request_id"] == answer["request_id"]]
+
+    (record,) = poll(audit_record, 30, "the audit record in S3")
+    assert [b["index"] for b in record["blocked_samples"]] == [s["index"] for s in withheld]
+    assert {(b["filter"], b["outcome"]) for b in record["blocked_samples"]} == {("degenerate", "block")}
+    assert record["version"] == second["promotedVersion"] and record["blocked"] == len(withheld)
+    assert verify_records(read_audit_lines(audit_root + "/")).intact
 
     # A healthy run logs no error: not in the operator, not in any pod.
     logs = {"operator": p.operator.output} | {path.parent.name: path.read_text(errors="replace")
@@ -571,7 +582,7 @@ def check_prometheus(p: Platform, since: float, statuses: dict[str, dict[str, An
     prom.wait_for_query('up{job="ganops-serving"} == 1', timeout=30)
     prom.wait_for_query("ganops_serving_ready == 1", timeout=30)
     serving_now = statuses["digits-e2e-b"]["promotedVersion"]
-    prom.wait_for_query(f'ganops_model_info{{model="digits-e2e", version="{serving_now}"}} == 1', timeout=30)
+    prom.wait_for_query(f'ganops_model_info{{model="{MODEL["digits-e2e"]}", version="{serving_now}"}} == 1', timeout=30)
 
     # The trainers' series carry their GanTrainingJob's namespace and job (honor_labels) and show progress while
     # the pods ran. (A pod exits right after its last checkpoint, usually before the next scrape: the final figures

@@ -445,7 +445,7 @@ PRICE = 36.0  # USD per GPU-hour: a cent per second per job, so the cost panels 
 
 def _component_jobs(mlflow_uri: str) -> dict[str, dict[str, Any]]:
     """The GanTrainingJobs of the real-components run: two that keep training - digits with FID/KID/precision/recall
-    and grid25 with modes - and a short digits job that succeeds and is promoted to `dash@production`, the version
+    and grid25 with modes - and a short digits job that succeeds and is promoted to `ml.dash@production`, the version
     serving then serves."""
     from tests.support.jobs import digits_job, grid_job
 
@@ -477,7 +477,7 @@ def components(tmp_path: Path, kube_api: Any, kopf_process: Any, mlflow_uri: str
     """The real operator (kopf on the Kubernetes emulator) reconciling three GanTrainingJobs, their trainers as
     local `ganops train` processes (the pods the emulator cannot run: the test plays the kubelet and the Job
     controller), the operator's promotion through a real MLflow server, and `python -m ganops.serving` following
-    `dash@production` under light load, all scraped every second by Debian's Prometheus with the chart's label
+    `ml.dash@production` under light load, all scraped every second by Debian's Prometheus with the chart's label
     settings (honor_labels for trainer and operator)."""
     from ganops.api.crd import build_crd
     from tests.support.jobs import write_job
@@ -489,7 +489,8 @@ def components(tmp_path: Path, kube_api: Any, kopf_process: Any, mlflow_uri: str
     kube_api.register_crd(build_crd())
     kopf_process(["ganops.operator.main"], env={"GANOPS_OPERATOR_METRICS_PORT": str(ports["operator"]),
                                                   "GANOPS_OPERATOR_RESYNC_SECONDS": "1",
-                                                  "GANOPS_CHECKPOINT_URI": f"file://{checkpoints}"})
+                                                  "GANOPS_CHECKPOINT_URI": f"file://{checkpoints}",
+                                                  "GANOPS_MLFLOW_URI": mlflow_uri})
     procs: list[subprocess.Popen[bytes]] = []
     serving: subprocess.Popen[bytes] | None = None
     for name, job in jobs.items():
@@ -498,10 +499,10 @@ def components(tmp_path: Path, kube_api: Any, kopf_process: Any, mlflow_uri: str
         procs.append(_start([sys.executable, "-m", "ganops.cli", "train", "--job", str(job_file), "--no-progress",
                              "--work-dir", str(tmp_path / "work" / name)],
                             _trainer_env(tmp_path, name, ports[name]), tmp_path, tmp_path / f"{name}.log"))
-    # Serving starts now (its safety models load meanwhile) and polls the registry until dash@production exists.
+    # Serving starts now (its safety models load meanwhile) and polls the registry until ml.dash@production exists.
     serving = _start([sys.executable, "-m", "ganops.serving"],
                      {"GANOPS_SERVING_HOST": "127.0.0.1", "GANOPS_SERVING_PORT": str(ports["serving"]),
-                      "GANOPS_SERVING_MODEL": "dash@production", "GANOPS_SERVING_MLFLOW_URI": mlflow_uri,
+                      "GANOPS_SERVING_MODEL": "ml.dash@production", "GANOPS_SERVING_MLFLOW_URI": mlflow_uri,
                       "GANOPS_SERVING_POLL_INTERVAL_S": "1", "GANOPS_SERVING_SHUTDOWN_TIMEOUT_S": "2",
                       "OMP_NUM_THREADS": "1"},
                      tmp_path, tmp_path / "serving.log")
@@ -532,7 +533,7 @@ def components(tmp_path: Path, kube_api: Any, kopf_process: Any, mlflow_uri: str
             raise RuntimeError(f"the promo trainer failed: {(tmp_path / 'promo.log').read_text()[-3000:]}")
         complete_job(kube_api, "ml", "promo")  # its pod exited 0: the operator judges and promotes it
         kube_api.wait_for(lambda: (kube_api.get("ganops.io/v1alpha1", "gtj", "ml", "promo").get("status") or {}).get(
-            "promotedVersion"), timeout=60, message="promo promoted to dash@production")
+            "promotedVersion"), timeout=60, message="promo promoted to ml.dash@production")
         _wait_ready(f"http://127.0.0.1:{ports['serving']}/readyz", 120, serving, tmp_path / "serving.log")
         traffic = Traffic(f"http://127.0.0.1:{ports['serving']}")  # for the SLIs, stages, batching and safety
         stops.append(traffic.stop)
@@ -626,10 +627,10 @@ def test_every_query_on_real_components(components: Components, request: pytest.
     assert {(r["metric"]["job"], r["metric"]["phase"]) for r in phases} == {
         ("dash", "Running"), ("grid-dash", "Running"), ("promo", "Succeeded")}
     promoted = prom.query('ganops_operator_promotions_total{job="promo", outcome="promoted"}')
-    assert [(r["metric"]["model"], r["value"][1]) for r in promoted] == [("dash", "1")]
+    assert [(r["metric"]["model"], r["value"][1]) for r in promoted] == [("ml.dash", "1")]
     quality = prom.query('ganops_model_version_quality{job="promo"}')
     assert {r["metric"]["metric"] for r in quality} == {"fid", "kid", "precision", "recall"}
-    assert prom.query('ganops_model_info{model="dash", alias="production"}'), "serving follows dash@production"
+    assert prom.query('ganops_model_info{model="ml.dash", alias="production"}'), "serving follows ml.dash@production"
     budget = prom.query('ganops_job_budget_usd{namespace="ml", job="dash"}')
     assert [float(r["value"][1]) for r in budget] == [10.0]
     assert {r["metric"]["outcome"] for r in prom.query('ganops_operator_promotions_total{job="dash"}')} == {

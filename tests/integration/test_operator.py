@@ -40,10 +40,8 @@ def checkpoints(s3_bucket: str) -> str:
     return f"{s3_bucket}/checkpoints"
 
 
-@pytest.fixture
-def operator(
-    kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str
-) -> KopfRunner:
+def start_operator(kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch,
+                   checkpoints: str, **env: str) -> KopfRunner:
     for name, value in {
         "GANOPS_OPERATOR_RESYNC_SECONDS": RESYNC,
         "GANOPS_OPERATOR_METRICS_PORT": "0",
@@ -51,10 +49,18 @@ def operator(
         "GANOPS_S3_SECRET": "ganops-s3",
         "GANOPS_MLFLOW_SECRET": "ganops-mlflow",
         "GANOPS_TERMINATION_GRACE_SECONDS": "90",
+        **env,
     }.items():
         monkeypatch.setenv(name, value)
     kube_api.register_crd(build_crd())
     return kopf_runner(["ganops.operator.main"])
+
+
+@pytest.fixture
+def operator(
+    kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str
+) -> KopfRunner:
+    return start_operator(kube_api, kopf_runner, monkeypatch, checkpoints)
 
 
 def gtj(name: str, **spec: Any) -> dict[str, Any]:
@@ -403,10 +409,15 @@ def test_cost_accrues_from_observed_gpu_time(kube_api: KubeAPI, operator: KopfRu
 
 
 def test_promotion_moves_the_alias_when_the_gates_pass_and_rejects_otherwise(
-    kube_api: KubeAPI, operator: KopfRunner, checkpoints: str, mlflow_uri: str
+    kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch, checkpoints: str,
+    mlflow_uri: str
 ) -> None:
-    model = f"grid-{uuid.uuid4().hex[:8]}"
-    promotion = {"modelName": model, "alias": "production", "gates": {"minModes": 20, "minHighQuality": 0.5}}
+    # The job names the platform's MLflow (the only one the operator promotes on); the model is registered under
+    # the job's namespace.
+    start_operator(kube_api, kopf_runner, monkeypatch, checkpoints, GANOPS_MLFLOW_URI=mlflow_uri)
+    bare = f"grid-{uuid.uuid4().hex[:8]}"
+    model = f"{NS}.{bare}"
+    promotion = {"modelName": bare, "alias": "production", "gates": {"minModes": 20, "minHighQuality": 0.5}}
 
     def train(name: str, modes: float) -> None:
         kube_api.create(gtj(name, tracking={"mlflowUri": mlflow_uri}, promotion=promotion))

@@ -86,12 +86,16 @@ def gtj(name: str, **spec: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def metered(kube_api: KubeAPI, kopf_runner: KopfRunnerFactory, monkeypatch: pytest.MonkeyPatch,
-            tmp_path: Path) -> tuple[KopfRunner, Scraper, str]:
-    """The operator with /metrics on a free port and a file:// checkpoint root (the trainer's layout)."""
+            tmp_path: Path, request: pytest.FixtureRequest) -> tuple[KopfRunner, Scraper, str]:
+    """The operator with /metrics on a free port and a file:// checkpoint root (the trainer's layout); for a test
+    that takes `mlflow_uri`, that server is the platform's MLflow (the only one the operator promotes on)."""
     port = free_port()
     checkpoints = f"file://{tmp_path / 'checkpoints'}"
-    for name, val in {"GANOPS_OPERATOR_RESYNC_SECONDS": RESYNC, "GANOPS_OPERATOR_METRICS_PORT": str(port),
-                      "GANOPS_CHECKPOINT_URI": checkpoints}.items():
+    env = {"GANOPS_OPERATOR_RESYNC_SECONDS": RESYNC, "GANOPS_OPERATOR_METRICS_PORT": str(port),
+           "GANOPS_CHECKPOINT_URI": checkpoints}
+    if "mlflow_uri" in request.fixturenames:
+        env["GANOPS_MLFLOW_URI"] = request.getfixturevalue("mlflow_uri")
+    for name, val in env.items():
         monkeypatch.setenv(name, val)
     kube_api.register_crd(build_crd())
     return kopf_runner(["ganops.operator.main"]), Scraper(port), checkpoints
@@ -114,11 +118,12 @@ def test_job_series_follow_the_status_and_go_with_the_job(
     kube_api: KubeAPI, metered: tuple[KopfRunner, Scraper, str], mlflow_uri: str
 ) -> None:
     runner, scrape, checkpoints = metered
-    model = f"grid-{uuid.uuid4().hex[:8]}"
+    bare = f"grid-{uuid.uuid4().hex[:8]}"
+    model = f"{NS}.{bare}"  # registered under the job's namespace: the label serving's series carry too
     kube_api.create(gtj("seen", training={"steps": 100}, resources={"gpusPerReplica": 1},
                         budget={"maxGPUHours": 4.0, "pricePerGPUHour": 2.5},
                         tracking={"mlflowUri": mlflow_uri},
-                        promotion={"modelName": model, "gates": {"minModes": 20}}))
+                        promotion={"modelName": bare, "gates": {"minModes": 20}}))
     kube_api.wait_for(lambda: kube_api.get_or_none("batch/v1", "Job", NS, "seen"), message="the Job")
     samples = scrape.wait(kube_api, "seen", lambda s: phase_of(s).get("Pending") == 1, "Pending")
     assert phase_of(samples) == {p: float(p == "Pending") for p in PHASES}  # every phase, one of them 1
@@ -171,9 +176,10 @@ def test_a_rejected_promotion_counts_as_rejected_and_records_no_quality(
     kube_api: KubeAPI, metered: tuple[KopfRunner, Scraper, str], mlflow_uri: str
 ) -> None:
     _runner, scrape, checkpoints = metered
-    model = f"grid-{uuid.uuid4().hex[:8]}"
+    bare = f"grid-{uuid.uuid4().hex[:8]}"
+    model = f"{NS}.{bare}"  # registered under the job's namespace: the label serving's series carry too
     kube_api.create(gtj("weak", training={"steps": 100}, tracking={"mlflowUri": mlflow_uri},
-                        promotion={"modelName": model, "gates": {"minModes": 20}}))
+                        promotion={"modelName": bare, "gates": {"minModes": 20}}))
     kube_api.wait_for(lambda: kube_api.get_or_none("batch/v1", "Job", NS, "weak"), message="the Job")
     start_job_pods(kube_api, NS, "weak")
     write_checkpoint(checkpoints, "weak", 100, {"modes": 9.0, "high_quality": 0.2})

@@ -188,10 +188,10 @@ def test_promoted_versions_carry_the_trainers_memorization_index_and_serve_with_
 
     # the CLI/`ganops run` path and the operator's (render=False: no torch, no dataset) tag the version alike
     cli = promote(_with(trained), trained.root, uri)
-    operator_model = f"{trained.model}-op"
-    outcome = promote_job(_with(trained, modelName=operator_model).spec, namespace="default", name="digits-promo",
-                          checkpoint_root=trained.root, tracking_uri=uri)
-    assert outcome.kind == "promoted", outcome
+    operator_model = f"default.{trained.model}-op"  # the operator registers <namespace>.<modelName>
+    outcome = promote_job(_with(trained, modelName=f"{trained.model}-op").spec, namespace="default",
+                          name="digits-promo", checkpoint_root=trained.root, tracking_uri=uri)
+    assert outcome.kind == "promoted" and outcome.model == operator_model, outcome
     for model, version in ((trained.model, cli.version), (operator_model, outcome.version)):
         info = tracking.get_version(uri, model, str(version))
         assert info is not None and info.tags[MEMORIZATION_TAG] == index_uri

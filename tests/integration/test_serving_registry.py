@@ -49,7 +49,7 @@ def _settings(mlflow_uri: str, model: str, tmp: Path, **extra: Any) -> ServingSe
         model=f"{model}@production",
         mlflow_uri=mlflow_uri,
         poll_interval_s=POLL_S,
-        limits={"rate_limit_per_second": 0},
+        limits={"rate_limit_per_second": 0, "address_rate_limit_per_second": 0},
         safety={"audit_uri": (tmp / "audit").as_uri()},
         **extra,
     )

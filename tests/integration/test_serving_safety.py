@@ -52,8 +52,10 @@ def _generate(server: ServerThread, headers: dict[str, str] | None = None, **bod
 
 
 def _audit_records(tmp: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for path in sorted((tmp / "audit").rglob("*.jsonl")) for line in path.read_text().split(
-        "\n") if line]
+    """The audit log's records in chain order (the server has stopped: its writer stored everything)."""
+    records = [json.loads(line) for path in sorted((tmp / "audit").rglob("*.jsonl"))
+               for line in path.read_text().split("\n") if line]
+    return sorted(records, key=lambda r: (r["chain"], r["seq"]))
 
 
 def test_a_degenerate_model_is_blocked_and_audited(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
@@ -67,11 +69,12 @@ def test_a_degenerate_model_is_blocked_and_audited(serving_checkpoints: ServingC
         text = metrics_text(server.url)
         assert metric_value(text, "ganops_safety_decisions_total", {"filter": "degenerate", "outcome": "block"}) == 4
         assert metric_value(text, "ganops_serving_samples_total", {"outcome": "withheld"}) == 4
-    records = _audit_records(tmp_path)
-    assert len(records) == 4
-    assert {r["request_id"] for r in records} == {body["request_id"]}
-    assert {r["filter"] for r in records} == {"degenerate"} and all("pixels" not in r for r in records)
-    assert sorted(r["sample_index"] for r in records) == [0, 1, 2, 3]
+    (record,) = _audit_records(tmp_path)  # one record for the request, every blocked sample in it
+    assert record["request_id"] == body["request_id"] and record["blocked"] == 4 and record["samples"] == 4
+    blocked = record["blocked_samples"]
+    assert {b["filter"] for b in blocked} == {"degenerate"} and all("pixels" not in b for b in blocked)
+    assert sorted(b["index"] for b in blocked) == [0, 1, 2, 3]
+    assert record["verdicts"] == {"degenerate": {"block": 4}} and record["prev"] == "0" * 64
 
 
 def test_a_generator_reproducing_training_images_is_blocked_by_the_index_beside_it(
@@ -97,9 +100,11 @@ def test_a_generator_reproducing_training_images_is_blocked_by_the_index_beside_
         assert metric_value(text, "ganops_safety_decisions_total", {"filter": "memorization", "outcome": "block"}) == 6
         assert metric_value(text, "ganops_serving_samples_total", {"outcome": "replaced"}) == 6
     records = _audit_records(tmp_path)
-    assert len(records) == 6 and {r["api_key_id"] for r in records} == {"alice"}
-    assert {r["filter"] for r in records} == {"memorization"} and {r["mode"] for r in records} == {"replace"}
-    assert {r["request_label"] for r in records} == {None, 7}
+    assert len(records) == 2 and {r["api_key_id"] for r in records} == {"alice"}
+    assert [r["blocked"] for r in records] == [5, 1] and {r["mode"] for r in records} == {"replace"}
+    assert {b["filter"] for r in records for b in r["blocked_samples"]} == {"memorization"}
+    assert all(b["replaced"] for r in records for b in r["blocked_samples"])
+    assert [r["request_label"] for r in records] == [None, 7] and [r["seq"] for r in records] == [0, 1]
 
 
 def test_nsfw_verdicts_reach_the_response(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:
@@ -138,7 +143,8 @@ def test_a_failing_filter_blocks_everything_fail_closed(
             assert sample["verdicts"][-1]["outcome"] == "error"
         assert metric_value(metrics_text(server.url), "ganops_safety_decisions_total",
                             {"filter": "always-fails", "outcome": "error"}) == 3
-    assert len(_audit_records(tmp_path)) == 3
+    (record,) = _audit_records(tmp_path)
+    assert record["blocked"] == 3 and record["verdicts"]["always-fails"] == {"error": 3}
 
 
 def test_a_filter_failing_at_load_keeps_the_model_out(serving_checkpoints: ServingCheckpoints, tmp_path: Path) -> None:

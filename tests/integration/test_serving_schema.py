@@ -31,7 +31,8 @@ def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
     settings = ServingSettings(
         checkpoint_uri=serving_checkpoints.digits[2],
         api_keys_file=api_keys_file(tmp_path / "keys", {"schemathesis": KEY}),
-        limits={"rate_limit_per_second": 0, "max_n": 16},
+        limits={"rate_limit_per_second": 0, "max_n": 16, "address_rate_limit_per_second": 0,
+                "auth_failure_rate_per_second": 0},  # it fails authentication on purpose, many times
         safety={"audit_uri": (tmp_path / "audit").as_uri()},
     )
     with ServerThread(create_app(settings)) as server:

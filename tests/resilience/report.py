@@ -66,6 +66,20 @@ HEADLINE = [
     ("  answered 5xx", "http_5xx"),
 ]
 
+# Attacks: a test that reproduces one records ``figures["attack"] = "<what the attacker does>"`` (plus its
+# numbers); it is "defended" when the test passed (each test asserts the attack fails).
+ATTACK = "attack"
+
+
+def _attacks(data: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
+    """``(nodeid, attack, outcome, other figures)`` of every test that reproduced an attack, in test order."""
+    rows = []
+    for nodeid, figures in data["figures"].items():
+        if ATTACK in figures:
+            outcome = data["outcomes"].get(nodeid, {}).get("outcome", "?")
+            rows.append((nodeid, str(figures[ATTACK]), outcome, {k: v for k, v in figures.items() if k != ATTACK}))
+    return rows
+
 
 # What these runs found in the product (each fixed, with a regression test that names it).
 FINDINGS = [
@@ -76,6 +90,14 @@ FINDINGS = [
     "silently merged; `true` passed as a number; NaN was reported as a bound (tests/badinput/corpus.py).",
     "Serving: JSON bodies `json.loads` cannot read (deep nesting, huge numbers, not UTF-8) got a generic 400 "
     "without the field; now 400 malformed_json naming the body (tests/badinput/test_http.py).",
+    "Serving edge (issue 13): watermark verification without bounds (a 16 KB PNG cost 35 s and 1.15 GB), no "
+    "connection limits, header size limit or read timeouts, X-Forwarded-For trusted from 127.0.0.1, unlimited failed "
+    "authentications, unweighted rate limits, bodies parsed before authentication, a synchronous unchained audit "
+    "log - each now refused, see Attacks (tests/resilience/test_serving_attacks.py).",
+    "Tenancy (issue 13): a job in another namespace moved `digits@production` (auto, force and rollback), the "
+    "operator sent its MLflow token to a job's `mlflowUri`, users chose image, priority class, node selector and "
+    "tolerations of the operator's pods, presigned URIs were logged as MLflow params - each now refused, see "
+    "Attacks (tests/integration/test_attacks_tenancy.py).",
 ]
 
 
@@ -97,10 +119,30 @@ def _markdown(data: dict[str, Any]) -> str:
         f"`make resilience` ({data['mode']} sizes) on {data['host']}, {data['date']}; "
         f"{data['passed']} passed, {data['failed']} failed, {data['skipped']} skipped in {data['seconds']:.0f} s.",
         "",
+    ]
+    run = data.get("attacks_run")
+    if run:  # attack rows from a later run of the attack tests alone (`--merge`), not counted in the line above
+        lines += [f"The attack tests ({', '.join(f'`{t}`' for t in run['tests'])}) ran on their own at {run['mode']} "
+                  f"sizes, {run['date']}: {run['passed']} passed, {run['failed']} failed in {run['seconds']:.0f} s; "
+                  "their rows replace those of the run above (counted in neither its header nor its time).", ""]
+    lines += [
         "| figure | value |",
         "|---|---:|",
     ]
     lines += [f"| {label} | {totals[key]} |" for label, key in HEADLINE if key in totals]
+    attacks = _attacks(data)
+    if attacks:
+        defended = sum(1 for _, _, outcome, _ in attacks if outcome == "passed")
+        lines += [f"| attacks reproduced | {len(attacks)} |", f"| attacks defended | {defended} |"]
+        lines += ["", "## Attacks", "",
+                  f"{len(attacks)} attacks reproduced against real servers on 127.0.0.1, {defended} defended "
+                  "(the test asserts the attack fails), "
+                  f"{len(attacks) - defended} not.", "",
+                  "| attack | outcome | figures | test |", "|---|---|---|---|"]
+        for nodeid, attack, outcome, figs in attacks:
+            shown = ", ".join(f"{k}={v}" for k, v in figs.items())
+            outcome = "defended" if outcome == "passed" else f"**{outcome}**"
+            lines.append(f"| {attack} | {outcome} | {shown} | `{nodeid.rsplit('::', 1)[-1]}` |")
     lines += ["", "## Found and fixed", ""] + [f"- {finding}" for finding in FINDINGS]
     lines += ["", "## Per test", "", "| test | outcome | s | figures |", "|---|---|---:|---|"]
     for nodeid in sorted(set(data["outcomes"]) | set(data["figures"])):
@@ -131,3 +173,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     path.with_suffix(".md").write_text(_markdown(data))
+
+
+def merge_attacks(partial: Path, into: Path) -> None:
+    """Put the rows of a run of the attack tests alone (``partial``, a ``<path>.json`` this plugin wrote) into the
+    report ``into`` (``<path>`` without suffix) of the last full ``make resilience``: its figures and outcomes
+    replace those tests' rows, and the report says when and how that run went. Used when the whole suite is too
+    long to rerun for a change to the attacks."""
+    data = json.loads(into.with_suffix(".json").read_text())
+    run = json.loads(partial.read_text())
+    tests = sorted({nodeid.split("::", 1)[0] for nodeid in (*run["figures"], *run["outcomes"])})
+    for key in ("figures", "outcomes"):
+        data[key] = {n: v for n, v in data[key].items() if n.split("::", 1)[0] not in tests} | run[key]
+    data["attacks_run"] = {"date": run["date"], "mode": run["mode"], "seconds": run["seconds"], "tests": tests,
+                           "passed": run["passed"], "failed": run["failed"]}
+    FIGURES.clear()
+    FIGURES.update(data["figures"])
+    data["totals"] = _totals()
+    into.with_suffix(".json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    into.with_suffix(".md").write_text(_markdown(data))
+
+
+if __name__ == "__main__":  # python -m tests.resilience.report --merge /tmp/attacks.json reports/resilience
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "--merge":
+        sys.exit("usage: python -m tests.resilience.report --merge <attacks run>.json <report path without suffix>")
+    merge_attacks(Path(sys.argv[2]), Path(sys.argv[3]))

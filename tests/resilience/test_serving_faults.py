@@ -122,7 +122,8 @@ def test_unloadable_versions_and_an_mlflow_outage_keep_the_old_model_serving_wit
     target = urlparse(mlflow_uri)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 80).restore()
     settings = ServingSettings(model=f"{model}@production", mlflow_uri=proxy.url, poll_interval_s=0.2,
-                               limits={"rate_limit_per_second": 0}, safety={"audit_uri": (tmp_path / "audit").as_uri()})
+                               limits={"rate_limit_per_second": 0, "address_rate_limit_per_second": 0},
+                               safety={"audit_uri": (tmp_path / "audit").as_uri()})
     try:
         with ServerThread(create_app(settings)) as server:
             wait_ready(server.url)

@@ -7,8 +7,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,13 +46,21 @@ def free_port() -> int:
 
 @dataclass
 class ServerThread:
-    """uvicorn serving ``app`` on 127.0.0.1 in a daemon thread (signals stay with the main thread)."""
+    """uvicorn serving ``app`` on 127.0.0.1 in a daemon thread (signals stay with the main thread).
+
+    ``config``: a whole ``uvicorn.Config`` instead (``ganops.serving.server.uvicorn_config(settings, port=...)``:
+    the connection limits and proxy handling the serving process really runs with)."""
 
     app: Any
     port: int = 0
     shutdown_timeout_s: int = 10
+    config: uvicorn.Config | None = field(default=None, repr=False)
     server: uvicorn.Server | None = field(default=None, repr=False)
     thread: threading.Thread | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, config: uvicorn.Config) -> ServerThread:
+        return cls(config.app, port=config.port, config=config)
 
     @property
     def url(self) -> str:
@@ -56,7 +68,7 @@ class ServerThread:
 
     def start(self, timeout: float = 30.0) -> ServerThread:
         self.port = self.port or free_port()
-        config = uvicorn.Config(
+        config = self.config or uvicorn.Config(
             self.app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="on",
             timeout_graceful_shutdown=self.shutdown_timeout_s,
         )
@@ -83,6 +95,105 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class ServingProcess:
+    """``python -m ganops.serving`` (the image's entry point: ``uvicorn_config`` and all) in a process of its own,
+    configured through ``GANOPS_SERVING_*`` variables; its memory can be read (:meth:`rss_bytes`)."""
+
+    env: dict[str, str]
+    log: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 180.0) -> ServingProcess:
+        self.port = self.port or free_port()
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "GANOPS_SERVING_LOG_LEVEL": "warning", **self.env,
+               "GANOPS_SERVING_HOST": "127.0.0.1", "GANOPS_SERVING_PORT": str(self.port)}
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "ganops.serving"], env=env, stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}): {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server was not ready in {timeout} s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def rss_bytes(self) -> int:
+        return proc_rss_bytes(self.pid)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> ServingProcess:
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def proc_rss_bytes(pid: int) -> int:
+    """Resident memory of process ``pid`` (VmRSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class PeakRss:
+    """The highest resident memory of process ``pid`` while the ``with`` block runs (sampled every 5 ms), and
+    ``growth``: that peak minus the memory at the start."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.start = self.peak = proc_rss_bytes(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.start
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.peak = max(self.peak, proc_rss_bytes(self.pid))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(OSError, RuntimeError):
+            self.peak = max(self.peak, proc_rss_bytes(self.pid))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0, interval: float = 0.05) -> None:
@@ -354,7 +465,10 @@ class ServingCheckpoints:
     grid: list[str]
     memorizing: str  # conditional; outputs training digit #c for label c; index beside it
     constant: str  # every generator weight 0.01: constant images
-    broken: str  # generator weights that do not match the manifest's checksum
+    broken: str  # generator weights that do not match the manifest's checksum (and are not safetensors at all)
+    # Another checkpoint's generator weights (valid safetensors of the same architecture: they parse and would load)
+    # under this manifest, whose checksum they fail: only the checksum check can refuse them.
+    tampered: str = ""
 
 
 @pytest.fixture(scope="session")
@@ -372,4 +486,9 @@ def serving_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> ServingChec
     broken = derive_checkpoint(digit_steps[-1], (root / "broken").as_uri(), lambda s: s)
     target = storage.join(broken, "generator_ema.safetensors")
     storage.open_store(target).put_bytes(target, b"not the weights the manifest promised")
-    return ServingCheckpoints(root, digit_steps, grid_steps, memorizing, constant, broken)
+    tampered = derive_checkpoint(digit_steps[-1], (root / "tampered").as_uri(), lambda s: s)
+    write_memorization_index(tampered)
+    swapped = storage.join(digit_steps[0], "generator_ema.safetensors")
+    target = storage.join(tampered, "generator_ema.safetensors")
+    storage.open_store(target).put_bytes(target, storage.open_store(swapped).get_bytes(swapped))
+    return ServingCheckpoints(root, digit_steps, grid_steps, memorizing, constant, broken, tampered)

@@ -95,9 +95,52 @@ true
 {{- end }}
 
 {{/*
-ganops.egress: egress rules shared by the operator and serving: DNS (UDP and TCP), object store, MLflow, extras.
+ganops.endpointRule: the egress rule to one endpoint the platform configured (MLflow, the object store). Pass
+{"rule": .Values.networkPolicy.<name>, "url": <the endpoint URL>, "name": "<name>", "fallback": <list of peers>}.
+Peers: `rule.to` when set; else derived from the URL: an in-cluster Service (`<svc>.<namespace>.svc…`) → pods of that
+namespace (narrowed by `rule.podSelector`), an IPv4 address → that address; else `fallback` (the object store on AWS,
+whose endpoint is not one address), else the render fails naming the value to set. Ports: `rule.ports`, else the
+URL's (80/443 by scheme). Never "any pod in any namespace", never 0.0.0.0/0 with the cluster's own ranges.
 */}}
-{{- define "ganops.egress" -}}
+{{- define "ganops.endpointRule" -}}
+{{- $to := .rule.to }}
+{{- $ports := .rule.ports }}
+{{- $host := "" }}
+{{- if .url }}
+{{- $u := urlParse .url }}
+{{- $hostport := splitList ":" $u.host }}
+{{- $host = first $hostport }}
+{{- if not $ports }}
+{{- $ports = list (ternary (last $hostport) (ternary "443" "80" (eq $u.scheme "https")) (eq (len $hostport) 2) | int) }}
+{{- end }}
+{{- if not $to }}
+{{- $labels := splitList "." $host }}
+{{- if regexMatch "^[0-9]+([.][0-9]+){3}$" $host }}
+{{- $to = list (dict "ipBlock" (dict "cidr" (printf "%s/32" $host))) }}
+{{- else if and (ge (len $labels) 3) (eq (index $labels 2) "svc") }}
+{{- $peer := dict "namespaceSelector" (dict "matchLabels" (dict "kubernetes.io/metadata.name" (index $labels 1))) }}
+{{- with .rule.podSelector }}{{ $_ := set $peer "podSelector" . }}{{ end }}
+{{- $to = list $peer }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if not $ports }}{{ $ports = list 443 }}{{ end }}
+{{- if and (not $to) (not .url) }}{{ $to = .fallback }}{{ end }}
+{{- if not $to }}
+{{- fail (printf "\n\nganops: networkPolicy.%s.to: %s is outside the cluster (%s) and a NetworkPolicy cannot name a host: list its addresses (ipBlock CIDRs), or set networkPolicy.enabled=false\n" .name .url $host) }}
+{{- end }}
+{{- $portRules := list }}
+{{- range $ports }}{{ $portRules = append $portRules (dict "protocol" "TCP" "port" (int .)) }}{{ end -}}
+- to:
+    {{- toYaml $to | nindent 4 }}
+  ports:
+    {{- toYaml $portRules | nindent 4 }}
+{{- end }}
+
+{{/*
+ganops.platformEgress: egress every ganops pod needs and nothing else: DNS (UDP and TCP), the object store, MLflow.
+*/}}
+{{- define "ganops.platformEgress" -}}
 - to:
     {{- toYaml .Values.networkPolicy.dns.to | nindent 4 }}
   ports:
@@ -107,19 +150,41 @@ ganops.egress: egress rules shared by the operator and serving: DNS (UDP and TCP
     - protocol: TCP
       port: {{ . }}
     {{- end }}
-{{- range $name := list "objectStore" "mlflow" }}
-{{- $rule := index $.Values.networkPolicy $name }}
-- to:
-    {{- toYaml $rule.to | nindent 4 }}
-  ports:
-    {{- range $rule.ports }}
-    - protocol: TCP
-      port: {{ . }}
-    {{- end }}
+{{- /* AWS S3 (no endpoint URL) is many public addresses: public IPv4 only, never the cluster's or the metadata
+service's ranges. Set networkPolicy.objectStore.to to your VPC endpoint's CIDRs to narrow it further. */}}
+{{- $public := list (dict "ipBlock" (dict "cidr" "0.0.0.0/0" "except" (list "10.0.0.0/8" "172.16.0.0/12" "192.168.0.0/16" "100.64.0.0/10" "169.254.0.0/16" "127.0.0.0/8"))) }}
+{{ include "ganops.endpointRule" (dict "rule" .Values.networkPolicy.objectStore "url" .Values.objectStore.endpointUrl "name" "objectStore" "fallback" $public) }}
+{{ include "ganops.endpointRule" (dict "rule" .Values.networkPolicy.mlflow "url" .Values.mlflow.uri "name" "mlflow" "fallback" (list)) }}
 {{- end }}
+
+{{/*
+ganops.egress: egress rules of the operator and serving: the platform's, plus networkPolicy.extraEgress.
+*/}}
+{{- define "ganops.egress" -}}
+{{ include "ganops.platformEgress" . }}
 {{- with .Values.networkPolicy.extraEgress }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/*
+ganops.trainerNetworkPolicy: GANOPS_TRAINER_NETWORK_POLICY, the platform's part of every job's default-deny
+NetworkPolicy (the operator adds the job's own pods as its only other peers): egress as the operator's, scrapes from
+the monitoring namespace.
+*/}}
+{{- define "ganops.trainerNetworkPolicy" -}}
+{{- $egress := include "ganops.egress" . | fromYamlArray }}
+{{- $metrics := list (dict "namespaceSelector" .Values.networkPolicy.monitoringNamespaceSelector) }}
+{{- dict "egress" $egress "metricsFrom" $metrics | toJson }}
+{{- end }}
+
+{{/*
+ganops.minGates: operator.policy.minGates as GANOPS_MIN_GATES (`maxFID=60,minRecall=0.2`).
+*/}}
+{{- define "ganops.minGates" -}}
+{{- $pairs := list }}
+{{- range $gate, $value := . }}{{ $pairs = append $pairs (printf "%s=%v" $gate $value) }}{{ end }}
+{{- join "," $pairs }}
 {{- end }}
 
 {{/*
@@ -179,4 +244,7 @@ ganops.operator.namespacedRules: what the operator may do in a namespace it watc
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["create"]
 {{- end }}

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic_core import PydanticCustomError
 
+from ganops.api.uris import MLFLOW_SHAPE, OBJECT_STORE_SHAPE, mlflow_cel, mlflow_ok, object_store_cel, object_store_ok
 from ganops.contracts import BUILTIN_DATASETS, MIXTURE_DATASETS
 
 POINT_DATASETS = MIXTURE_DATASETS
@@ -43,10 +44,9 @@ RULES: tuple[Rule, ...] = (
         model="DatasetSpec",
         node="spec.dataset",
         field="uri",
-        cel=f"self.uri in [{_quoted(BUILTIN_DATASETS)}] || self.uri.startsWith('s3://') "
-        "|| self.uri.startsWith('file://')",
-        check=lambda d: d.uri in BUILTIN_DATASETS or d.uri.startswith(("s3://", "file://")),
-        message=f"must be one of {', '.join(BUILTIN_DATASETS)}, or an s3:// or file:// folder or archive",
+        cel=f"self.uri in [{_quoted(BUILTIN_DATASETS)}] || ({object_store_cel('self.uri')})",
+        check=lambda d: d.uri in BUILTIN_DATASETS or object_store_ok(d.uri),
+        message=f"must be one of {', '.join(BUILTIN_DATASETS)}, or a folder or archive given as {OBJECT_STORE_SHAPE}",
     ),
     Rule(
         model="ModelSpec",
@@ -120,9 +120,25 @@ RULES: tuple[Rule, ...] = (
         model="CheckpointSpec",
         node="spec.checkpoint",
         field="uri",
-        cel="!has(self.uri) || self.uri.startsWith('s3://') || self.uri.startsWith('file://')",
-        check=lambda c: c.uri is None or c.uri.startswith(("s3://", "file://")),
-        message="must start with s3:// or file://",
+        cel=f"!has(self.uri) || ({object_store_cel('self.uri')})",
+        check=lambda c: c.uri is None or object_store_ok(c.uri),
+        message=f"must be {OBJECT_STORE_SHAPE}",
+    ),
+    Rule(
+        model="EvaluationSpec",
+        node="spec.evaluation",
+        field="inceptionWeightsUri",
+        cel=f"!has(self.inceptionWeightsUri) || ({object_store_cel('self.inceptionWeightsUri')})",
+        check=lambda e: e.inception_weights_uri is None or object_store_ok(e.inception_weights_uri),
+        message=f"must be {OBJECT_STORE_SHAPE}",
+    ),
+    Rule(
+        model="TrackingSpec",
+        node="spec.tracking",
+        field="mlflowUri",
+        cel=f"!has(self.mlflowUri) || ({mlflow_cel('self.mlflowUri')})",
+        check=lambda t: t.mlflow_uri is None or mlflow_ok(t.mlflow_uri),
+        message=f"must be {MLFLOW_SHAPE}",
     ),
 )
 

@@ -179,7 +179,12 @@ class GatesSpec(_Wire):
 
 class PromotionSpec(_Wire):
     model_name: str | None = Field(
-        None, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="Defaults to the job name."
+        None,
+        max_length=190,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?[.])?[A-Za-z0-9][A-Za-z0-9_-]*$",
+        description="Defaults to the job name. Registered as <namespace>.<modelName>: model names belong to the "
+        "job's namespace (a name already qualified with it is kept; one qualified with another namespace is "
+        "refused at promotion).",
     )
     alias: str = Field("production", max_length=63, pattern=r"^[a-z][a-z0-9_-]*$")
     gates: GatesSpec = Field(default_factory=GatesSpec)

@@ -2,6 +2,8 @@
 
 - ConfigMap `<job>-spec`: the job file (`ganops.api.loader.dump_job`), mounted at /etc/ganops/job.yaml.
 - Service `<job>` (replicas > 1): headless, so replica 0 is reachable as `<job>-0.<job>` for torchrun's rendezvous.
+- NetworkPolicy `<job>-trainer` (when the platform configured one): default deny for the job's pods; their only
+  peers are each other, DNS, the object store and MLflow.
 - Job `<job>` (batch/v1, Indexed, one pod per replica): each attempt replaces the previous one under the same name,
   so the API server itself guarantees there is never more than one live Job per GanTrainingJob. The attempt number
   and the restart counters at launch are on the Job (label `ganops.io/attempt`, annotation `ganops.io/restarts`).
@@ -151,6 +153,48 @@ def service(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> d
             "selector": {LABEL_JOB: owner.name},
             "ports": [{"name": "rendezvous", "port": config.rendezvous_port, "targetPort": config.rendezvous_port,
                        "protocol": "TCP"}],
+        },
+    }
+    return _adopt(obj, owner)
+
+
+# ------------------------------------------------------------------------------------------------ NetworkPolicy
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-trainer"
+
+
+def network_policy(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> dict[str, Any] | None:
+    """The job's default-deny NetworkPolicy (None when the platform configured none: GANOPS_TRAINER_NETWORK_POLICY).
+
+    It selects the job's trainer pods. In: the job's own pods (every TCP port: torchrun's rendezvous on
+    GANOPS_RENDEZVOUS_PORT, then NCCL/gloo, whose ports are ephemeral) and the platform's scrapers on the metrics
+    port. Out: the job's own pods, and the platform's rules (DNS, the object store, MLflow) as the chart renders
+    them from its values. Nothing else: not another job's pods, not the cluster, not the internet.
+    """
+    if config.trainer_network_policy is None:
+        return None
+    platform = json.loads(config.trainer_network_policy)
+    peers = [{"podSelector": {"matchLabels": {LABEL_JOB: owner.name, "app.kubernetes.io/component": "trainer"}}}]
+    ingress: list[dict[str, Any]] = []
+    egress: list[dict[str, Any]] = []
+    if spec.resources.replicas > 1:
+        ingress.append({"from": peers})
+        egress.append({"to": peers})
+    if platform.get("metricsFrom"):
+        ingress.append({"from": platform["metricsFrom"],
+                        "ports": [{"protocol": "TCP", "port": config.trainer_metrics_port}]})
+    egress += platform.get("egress") or []
+    obj: dict[str, Any] = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": network_policy_name(owner.name), "labels": labels(owner.name, "network-policy")},
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_JOB: owner.name, "app.kubernetes.io/component": "trainer"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": ingress,
+            "egress": egress,
         },
     }
     return _adopt(obj, owner)
@@ -412,8 +456,12 @@ def render(
     restarts: Mapping[str, int] | None = None,
     resume_from: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Every child of one attempt, in creation order (the Job last: its pods mount the ConfigMap)."""
+    """Every child of one attempt, in creation order (the Job last: its pods mount the ConfigMap and start behind
+    their NetworkPolicy)."""
     children = [configmap(owner, spec)]
+    policy = network_policy(owner, spec, config)
+    if policy is not None:
+        children.append(policy)
     svc = service(owner, spec, config)
     if svc is not None:
         children.append(svc)

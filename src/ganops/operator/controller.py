@@ -35,6 +35,7 @@ from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.checkpoints import LatestRecord, RecordUnavailable, job_root, latest_uri, read_latest_record
 from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, KIND, PLURAL
 from ganops.operator import children, conditions, metrics, progress, registry
+from ganops.operator import policy as job_policy
 from ganops.operator import reconcile as decide
 from ganops.operator.conditions import FINISHED, Event
 from ganops.operator.kube import Kube, KubeError
@@ -149,6 +150,9 @@ class Controller:
             warning_fraction=config.budget_warning_fraction,
             resync_seconds=config.resync_seconds,
             mlflow_uri=config.mlflow_uri,
+            allowed_mlflow_uris=config.policy.allowed_mlflow_uris,
+            min_gates=config.policy.min_gates,
+            allow_force=config.policy.allow_force_promotion,
         )
         self._s3: storage.S3Store | None = None
         self._file = storage.FileStore()
@@ -158,7 +162,7 @@ class Controller:
         if memory.spec_generation != snap.generation or (memory.spec is None and not memory.problems):
             try:
                 spec = spec_from_object(snap.spec if snap.spec is not None else {})
-                problems = tuple(children.naming_problems(snap.name, spec))
+                problems = tuple(children.naming_problems(snap.name, spec) + job_policy.problems(spec, self.config))
                 memory.spec, memory.problems = (None if problems else spec), problems
             except JobFileError as exc:
                 memory.spec, memory.problems = None, tuple(exc.problems)
@@ -365,7 +369,8 @@ class Controller:
                                             message="the job has no checkpoint store")
         else:
             result = promote_job(spec, namespace=snap.namespace, name=snap.name, tracking_uri=action.tracking_uri,
-                                 checkpoint_root=job_root(ckpt, snap.namespace, snap.name), force=action.force)
+                                 checkpoint_root=job_root(ckpt, snap.namespace, snap.name), force=action.force,
+                                 model_name=action.model_name, min_gates=action.min_gates)
         new, events = registry.apply_promotion(status_now, result, now)
         if action.clear_annotation and result.kind != "unavailable":
             self._clear_annotation(snap, action.clear_annotation)
@@ -378,7 +383,7 @@ class Controller:
         from ganops.operator.promotion import rollback
 
         result = rollback(action.tracking_uri, model_name=action.model_name, alias=action.alias,
-                          version=action.version)
+                          version=action.version, namespace=snap.namespace)
         new, events = registry.apply_promotion(status_now, result, now)
         if result.kind == "rollback_unavailable":
             return new, events, registry.PROMOTION_RETRY_SECONDS  # the annotation stays: retried

@@ -40,6 +40,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ganops.api.spec import GanTrainingJobSpec
+from ganops.contracts import registered_model_name
 from ganops.cost import price_per_gpu_hour
 from ganops.operator.conditions import PHASES
 
@@ -156,7 +157,7 @@ def job_series(namespace: str, name: str, spec: GanTrainingJobSpec | None, statu
     version = None
     quality: dict[str, float] = {}
     if spec is not None:
-        model = spec.promotion.model_name or name
+        model = registered_model_name(namespace, spec.promotion.model_name or name)  # what serving labels too
         raw = _section(status, "promotions")
         promotions = {outcome: _count(raw.get(outcome)) for outcome in PROMOTION_OUTCOMES}
         promoted = status.get("promotedVersion")

@@ -43,8 +43,15 @@ class Observed:
 class Policy:
     warning_fraction: float = 0.8
     resync_seconds: float = 15.0
-    mlflow_uri: str | None = None
+    mlflow_uri: str | None = None  # the platform's MLflow (GANOPS_MLFLOW_URI)
     price_table: dict[str, float] | None = None
+    allowed_mlflow_uris: tuple[str, ...] = ()  # other MLflow servers jobs may name (GANOPS_ALLOWED_MLFLOW_URIS)
+    min_gates: tuple[tuple[str, float], ...] = ()  # GANOPS_MIN_GATES
+    allow_force: bool = True  # GANOPS_ALLOW_FORCE_PROMOTION
+
+    @property
+    def mlflow_uris(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(([self.mlflow_uri] if self.mlflow_uri else []) + list(self.allowed_mlflow_uris)))
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,12 @@ class DeleteSelf:
 class Promote:
     """Judge the job's best checkpoint against the gates, register it, move the alias if it passes (or `force`)."""
 
-    tracking_uri: str
-    model_name: str
+    tracking_uri: str  # always one of the platform's MLflow servers (`Policy.mlflow_uris`)
+    model_name: str  # the registered name, `<namespace>.<model>`
     alias: str
     force: bool = False
     clear_annotation: str | None = None  # manual promotion: remove the annotation once done
+    min_gates: tuple[tuple[str, float], ...] = ()  # the platform's floor under the job's gates
 
 
 @dataclass(frozen=True)

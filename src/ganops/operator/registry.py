@@ -10,23 +10,45 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus, PromotionCounts
-from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, model_namespace, registered_model_name
 from ganops.operator.conditions import Event, StatusBuilder
 from ganops.operator.observe import format_time, parse_time
 from ganops.operator.plan import ClearAnnotation, JobInput, Plan, Policy, Promote, Rollback
+from ganops.operator.policy import tracking_server
 
 PROMOTION_RETRY_SECONDS = 10.0
 
 
+def not_owner_message(model: str, owner: str | None, namespace: str) -> str:
+    """Why a job may not touch `model`: it belongs to namespace `owner`."""
+    return (f"model {model} belongs to namespace {owner}: a GanTrainingJob in {namespace} may only promote or roll "
+            f"back {namespace}.<model> (set spec.promotion.modelName to a name without a namespace)")
+
+
 def plan_promotion(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTrainingJobSpec, policy: Policy) -> None:
-    """Plan the Promote / Rollback actions (or say why there is nothing to promote)."""
+    """Plan the Promote / Rollback actions (or say why there is nothing to promote, or why it is refused).
+
+    Tenancy: the registered name is `<namespace>.<model>` (`contracts.registered_model_name`); a modelName
+    qualified with another namespace is refused, for auto promotion, `promote: force` and `rollback-to` alike,
+    with a Warning Event naming the owner. The MLflow is always one of the platform's (`policy.tracking_server`):
+    a job naming another one is refused before it runs (`InvalidSpec`), and refused here again."""
     promotion = spec.promotion
-    model = promotion.model_name or job.name
-    tracking_uri = spec.tracking.mlflow_uri or policy.mlflow_uri
+    model = registered_model_name(job.namespace, promotion.model_name or job.name)
+    owner = model_namespace(model)
+    foreign = owner != job.namespace
+    requested = spec.tracking.mlflow_uri
+    tracking_uri = tracking_server(requested, policy.mlflow_uri, policy.mlflow_uris)
+    untrusted = (f"spec.tracking.mlflowUri {requested!r} is not an MLflow server of this platform"
+                 if requested is not None and tracking_uri is None else None)
     rollback_to = (job.annotations.get(ANNOTATION_ROLLBACK_TO) or "").strip()
     if rollback_to:
-        if tracking_uri is None:
-            st.event("Warning", "RollbackFailed", "no MLflow tracking URI (spec.tracking.mlflowUri) to roll back in")
+        refusal = not_owner_message(model, owner, job.namespace) if foreign else untrusted
+        if refusal is not None:
+            st.event("Warning", "RollbackRefused", f"{model}@{promotion.alias} not rolled back: {refusal}")
+            plan.actions.append(ClearAnnotation(ANNOTATION_ROLLBACK_TO))
+        elif tracking_uri is None:
+            st.event("Warning", "RollbackFailed", "no MLflow tracking URI (the operator's GANOPS_MLFLOW_URI) to roll "
+                                                  "back in")
             plan.actions.append(ClearAnnotation(ANNOTATION_ROLLBACK_TO))
         else:
             plan.actions.append(Rollback(tracking_uri, model, promotion.alias, rollback_to))
@@ -35,9 +57,22 @@ def plan_promotion(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTraini
         st.event("Warning", "PromotionRejected", f"{ANNOTATION_PROMOTE} must be 'true' or 'force' (got {manual!r})")
         plan.actions.append(ClearAnnotation(ANNOTATION_PROMOTE))
         return
+    if manual == "force" and not policy.allow_force:
+        st.event("Warning", "PromotionRefused", f"{ANNOTATION_PROMOTE}=force is turned off on this platform "
+                 "(GANOPS_ALLOW_FORCE_PROMOTION=false): use 'true' (the gates apply) or ask a platform admin")
+        plan.actions.append(ClearAnnotation(ANNOTATION_PROMOTE))
+        return
     decided = st.is_("Promoted") or st.is_("Promoted", "False") or st.is_("PromotionRejected")
     auto_due = st.phase == "Succeeded" and promotion.auto and not decided
     if not manual and not auto_due:
+        return
+    refusal = not_owner_message(model, owner, job.namespace) if foreign else untrusted
+    if refusal is not None:
+        message = f"{model}@{promotion.alias} not moved: {refusal}"
+        st.condition("Promoted", False, "NotOwner" if foreign else "UntrustedTrackingServer", message)
+        st.event("Warning", "PromotionRefused", message)
+        if manual:
+            plan.actions.append(ClearAnnotation(ANNOTATION_PROMOTE))
         return
     if st.is_("Promoted", "Unknown"):  # the registry was unavailable: retry, but not on every event
         tried = parse_time(st.status.promotion_attempted_at)
@@ -52,14 +87,14 @@ def plan_promotion(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTraini
             plan.actions.append(ClearAnnotation(clear))
         return
     if tracking_uri is None:
-        message = "not promoted: no MLflow tracking URI (spec.tracking.mlflowUri or the operator's GANOPS_MLFLOW_URI)"
+        message = "not promoted: no MLflow tracking URI (the operator's GANOPS_MLFLOW_URI)"
         st.condition("Promoted", False, "NoTrackingServer", message)
         st.event("Normal", "PromotionSkipped", message)
         if clear:
             plan.actions.append(ClearAnnotation(clear))
         return
     plan.actions.append(Promote(tracking_uri=tracking_uri, model_name=model, alias=promotion.alias,
-                                force=manual == "force", clear_annotation=clear))
+                                force=manual == "force", clear_annotation=clear, min_gates=policy.min_gates))
 
 
 @dataclass(frozen=True)
@@ -68,7 +103,7 @@ class PromotionOutcome:
     `ganops.promotion.PromotionResult` and the registry's errors to it)."""
 
     kind: Literal["promoted", "rejected", "rolled_back", "unavailable", "error", "rollback_failed",
-                  "rollback_unavailable"]
+                  "rollback_unavailable", "refused", "rollback_refused"]
     model: str
     alias: str
     version: str | None = None
@@ -119,6 +154,12 @@ def apply_promotion(status: GanTrainingJobStatus, result: PromotionOutcome, now:
         if st.condition("Promoted", "Unknown", "RegistryUnavailable", message):
             st.event("Warning", "RegistryUnavailable", message)
         st.status.promotion_attempted_at = format_time(now)
+    elif result.kind == "refused":  # another namespace's model (its versions' lineage says so)
+        message = f"{target} not moved: {result.message}"
+        st.condition("Promoted", False, "NotOwner", message)
+        st.event("Warning", "PromotionRefused", message)
+    elif result.kind == "rollback_refused":
+        st.event("Warning", "RollbackRefused", f"{target} not rolled back: {result.message}")
     elif result.kind in ("rollback_failed", "rollback_unavailable"):
         st.event("Warning", "RollbackFailed", f"{target} not rolled back: {result.message}")
     else:

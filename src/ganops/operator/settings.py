@@ -25,6 +25,24 @@ settings from it.
 | GANOPS_OPERATOR_POSTING_LEVEL | INFO | lowest level of Events posted (Normal is INFO, Warning is WARNING) |
 | GANOPS_OPERATOR_WORKERS | 8 | threads that run reconciles (API and object-store I/O) |
 
+The platform's policy for what a job (a tenant) may choose; a job outside it gets `InvalidSpec` naming the field
+(`ganops.operator.policy`; docs/security.md). Lists are comma-separated; `*` allows anything.
+
+| variable | default | meaning |
+|---|---|---|
+| GANOPS_ALLOWED_MLFLOW_URIS | (none) | MLflow servers `spec.tracking.mlflowUri` may name, besides GANOPS_MLFLOW_URI |
+| GANOPS_ALLOWED_CHECKPOINT_URIS | (none) | prefixes `spec.checkpoint.uri` may be under, besides GANOPS_CHECKPOINT_URI |
+| GANOPS_ALLOWED_IMAGES | (none) | `spec.resources.image` besides GANOPS_TRAINER_IMAGE: exact references, prefixes |
+|   |   | ending in `/`, `:` or `@`, or digests `sha256:<hex>` |
+| GANOPS_ALLOWED_PRIORITY_CLASSES | (none) | `spec.resources.priorityClassName` values allowed |
+| GANOPS_ALLOWED_NODE_SELECTORS | (none) | `spec.resources.nodeSelector` entries: `key=value`, or `key` for any value |
+| GANOPS_ALLOWED_TOLERATIONS | (none) | `spec.resources.tolerations`: `key[=value][:effect]` (a part left out matches |
+|   |   | any; a toleration without a key needs `*`) |
+| GANOPS_MIN_GATES | (none) | promotion gates no job can lower, e.g. `maxFID=60,minRecall=0.2` |
+| GANOPS_ALLOW_FORCE_PROMOTION | true | `ganops.io/promote: force` may skip a job's own gates (never GANOPS_MIN_GATES) |
+| GANOPS_TRAINER_NETWORK_POLICY | (unset) | JSON `{"egress": [rules], "metricsFrom": [peers]}`: every job gets a |
+|   |   | default-deny NetworkPolicy (`ganops.operator.children.network_policy`) |
+
 Which namespaces are watched is kopf's own choice, also set by environment: `KOPF_RUN_CLUSTERWIDE=true` (what
 `--all-namespaces` does) or `KOPF_RUN_NAMESPACE="team-a,team-b"` (comma-separated globs, `!` excludes; what
 `--namespace` does). The Deployment in manifests/operator sets the first.
@@ -32,12 +50,17 @@ Which namespaces are watched is kopf's own choice, also set by environment: `KOP
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from ganops.api.spec import GatesSpec
+from ganops.api.uris import OBJECT_STORE_SHAPE, mlflow_ok, object_store_ok
 from ganops.contracts import API_GROUP, LABEL_JOB, MLFLOW_TRACKING_URI_ENV
 
 DEFAULT_IMAGE = "ghcr.io/ganops/trainer:0.1.0"
@@ -69,6 +92,28 @@ class Toleration:
         return out
 
 
+ANY = "*"
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """What the platform admin lets a GanTrainingJob choose (`ganops.operator.policy` checks a spec against it).
+    Empty tuples allow nothing beyond the operator's own defaults; `("*",)` allows anything."""
+
+    allowed_mlflow_uris: tuple[str, ...] = ()
+    allowed_checkpoint_uris: tuple[str, ...] = ()
+    allowed_images: tuple[str, ...] = ()
+    allowed_priority_classes: tuple[str, ...] = ()
+    allowed_node_selectors: tuple[str, ...] = ()
+    allowed_tolerations: tuple[str, ...] = ()
+    min_gates: tuple[tuple[str, float], ...] = ()  # (wire name, threshold), e.g. (("maxFID", 60.0),)
+    allow_force_promotion: bool = True
+
+    def min_gates_spec(self) -> GatesSpec | None:
+        return GatesSpec.model_validate(dict(self.min_gates)) if self.min_gates else None
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     image: str = DEFAULT_IMAGE
@@ -94,6 +139,20 @@ class OperatorConfig:
     peering_name: str = "ganops-operator"
     posting_level: int = logging.INFO
     workers: int = 8
+    policy: JobPolicy = field(default_factory=JobPolicy)
+    trainer_network_policy: str | None = None  # JSON {"egress": [...], "metricsFrom": [...]}; None: no policy
+
+    @property
+    def mlflow_uris(self) -> tuple[str, ...]:
+        """Every MLflow server of the platform: the default first."""
+        return tuple(dict.fromkeys(([self.mlflow_uri] if self.mlflow_uri else []) + list(
+            self.policy.allowed_mlflow_uris)))
+
+    @property
+    def checkpoint_uris(self) -> tuple[str, ...]:
+        """Every object-store prefix the operator reads checkpoints under: the default first."""
+        return tuple(dict.fromkeys(([self.checkpoint_uri] if self.checkpoint_uri else []) + list(
+            self.policy.allowed_checkpoint_uris)))
 
     @property
     def relaunch_wait_seconds(self) -> float:
@@ -137,7 +196,7 @@ class OperatorConfig:
         spot_toleration: Toleration | None = Toleration("karpenter.sh/capacity-type", "spot", "NoSchedule")
         raw_toleration = env.get("GANOPS_SPOT_TOLERATION")
         if raw_toleration is not None:
-            spot_toleration = _parse_toleration(raw_toleration.strip(), problems)
+            spot_toleration = parse_toleration(raw_toleration.strip(), problems)
         level_name = (text("GANOPS_OPERATOR_POSTING_LEVEL", "INFO") or "INFO").upper()
         level = logging.getLevelName(level_name)
         if not isinstance(level, int):
@@ -147,11 +206,28 @@ class OperatorConfig:
         if pull is not None and pull not in ("Always", "IfNotPresent", "Never"):
             problems.append(f"GANOPS_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never (got {pull!r})")
             pull = None
+        mlflow_uri = text("GANOPS_MLFLOW_URI") or text(MLFLOW_TRACKING_URI_ENV)
+        checkpoint_uri = text("GANOPS_CHECKPOINT_URI")
+        policy = _parse_policy(env, problems)
+        for name, uri in (("GANOPS_MLFLOW_URI", mlflow_uri), *(("GANOPS_ALLOWED_MLFLOW_URIS", u) for u in
+                                                               policy.allowed_mlflow_uris)):
+            if uri is not None and not uri.startswith(("http://", "https://")):
+                continue  # a local store (sqlite:, file:) for a laptop operator: nothing to compare hosts with
+            if uri is not None and not mlflow_ok(uri):
+                problems.append(f"{name} must be an http(s)://host[:port][/path] URL without user-info or query "
+                                f"string (got {uri!r}); credentials come from the operator's Secret")
+        for name, uri in (("GANOPS_CHECKPOINT_URI", checkpoint_uri), *(("GANOPS_ALLOWED_CHECKPOINT_URIS", u) for u in
+                                                                        policy.allowed_checkpoint_uris)):
+            if uri is not None and not object_store_ok(uri):
+                problems.append(f"{name} must be {OBJECT_STORE_SHAPE} (got {uri!r})")
+        network_policy = text("GANOPS_TRAINER_NETWORK_POLICY")
+        if network_policy is not None:
+            _check_network_policy(network_policy, problems)
         config = cls(
             image=text("GANOPS_TRAINER_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE,
             image_pull_policy=pull,
-            checkpoint_uri=text("GANOPS_CHECKPOINT_URI"),
-            mlflow_uri=text("GANOPS_MLFLOW_URI") or text(MLFLOW_TRACKING_URI_ENV),
+            checkpoint_uri=checkpoint_uri,
+            mlflow_uri=mlflow_uri,
             s3_secret=text("GANOPS_S3_SECRET"),
             mlflow_secret=text("GANOPS_MLFLOW_SECRET"),
             s3_endpoint_url=text("GANOPS_S3_ENDPOINT_URL"),
@@ -171,21 +247,82 @@ class OperatorConfig:
             peering_name=text("GANOPS_OPERATOR_PEERING", "ganops-operator") or "ganops-operator",
             posting_level=level,
             workers=int(number("GANOPS_OPERATOR_WORKERS", 8, low=1, high=256, whole=True)),
+            policy=policy,
+            trainer_network_policy=network_policy,
         )
         if problems:
             raise ConfigError(problems)
         return config
 
 
-def _parse_toleration(raw: str, problems: list[str]) -> Toleration | None:
+def _items(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item.strip() for item in env.get(name, "").split(",") if item.strip()))
+
+
+def _parse_policy(env: Mapping[str, str], problems: list[str]) -> JobPolicy:
+    images = _items(env, "GANOPS_ALLOWED_IMAGES")
+    for image in images:
+        if image != ANY and (" " in image or (image.startswith("sha256:") and len(image) != 71)):
+            problems.append(f"GANOPS_ALLOWED_IMAGES: {image!r} is not an image reference, a prefix ending in /, : "
+                            "or @, or a digest sha256:<64 hex>")
+    selectors = _items(env, "GANOPS_ALLOWED_NODE_SELECTORS")
+    for entry in selectors:
+        if entry != ANY and not entry.partition("=")[0]:
+            problems.append(f"GANOPS_ALLOWED_NODE_SELECTORS: {entry!r} must be key or key=value")
+    tolerations = _items(env, "GANOPS_ALLOWED_TOLERATIONS")
+    for entry in tolerations:
+        if entry != ANY:
+            parse_toleration(entry, problems, name="GANOPS_ALLOWED_TOLERATIONS")
+    gates: dict[str, float] = {}
+    for entry in _items(env, "GANOPS_MIN_GATES"):
+        key, eq, raw = entry.partition("=")
+        try:
+            gates[key.strip()] = float(raw) if eq else float("nan")
+        except ValueError:
+            problems.append(f"GANOPS_MIN_GATES: {entry!r} must be gate=number")
+    if gates:
+        try:
+            GatesSpec.model_validate(gates)
+        except ValidationError as exc:
+            details = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            problems.append(f"GANOPS_MIN_GATES must name gates of spec.promotion.gates (maxFID, minRecall, minModes, "
+                            f"minHighQuality, maxSafetyBlockRate) with valid thresholds ({details})")
+            gates = {}
+    force = (env.get("GANOPS_ALLOW_FORCE_PROMOTION") or "true").strip().lower()
+    if force not in ("true", "false"):
+        problems.append(f"GANOPS_ALLOW_FORCE_PROMOTION must be true or false (got {force!r})")
+    return JobPolicy(
+        allowed_mlflow_uris=_items(env, "GANOPS_ALLOWED_MLFLOW_URIS"),
+        allowed_checkpoint_uris=_items(env, "GANOPS_ALLOWED_CHECKPOINT_URIS"),
+        allowed_images=images,
+        allowed_priority_classes=_items(env, "GANOPS_ALLOWED_PRIORITY_CLASSES"),
+        allowed_node_selectors=selectors,
+        allowed_tolerations=tolerations,
+        min_gates=tuple(sorted(gates.items())),
+        allow_force_promotion=force != "false",
+    )
+
+
+def _check_network_policy(raw: str, problems: list[str]) -> None:
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        problems.append(f"GANOPS_TRAINER_NETWORK_POLICY must be JSON ({exc})")
+        return
+    if not isinstance(value, dict) or set(value) - {"egress", "metricsFrom"} or not all(
+            isinstance(value.get(key, []), list) for key in ("egress", "metricsFrom")):
+        problems.append('GANOPS_TRAINER_NETWORK_POLICY must be {"egress": [NetworkPolicy egress rules], '
+                        '"metricsFrom": [NetworkPolicy peers]}')
+
+
+def parse_toleration(raw: str, problems: list[str], name: str = "GANOPS_SPOT_TOLERATION") -> Toleration | None:
     """`key[=value][:effect]`; empty = no toleration."""
     if not raw:
         return None
     rest, _, effect = raw.partition(":")
     key, eq, value = rest.partition("=")
-    if not key or (effect and effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute")):
-        problems.append("GANOPS_SPOT_TOLERATION must be key[=value][:NoSchedule|PreferNoSchedule|NoExecute] "
-                        f"(got {raw!r})")
+    if not key or (effect and effect not in TOLERATION_EFFECTS):
+        problems.append(f"{name} must be key[=value][:NoSchedule|PreferNoSchedule|NoExecute] (got {raw!r})")
         return None
     return Toleration(key, value if eq else None, effect or None)
 

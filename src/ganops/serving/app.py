@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,17 +20,21 @@ from typing import Any
 import numpy as np
 import torch
 from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from ganops import __version__
 from ganops.serving.auth import ApiKeyStore, TokenBuckets
 from ganops.serving.batching import DirectGenerator, Generator, MicroBatcher
-from ganops.serving.dependencies import Services
+from ganops.serving.dependencies import Services, authenticate
 from ganops.serving.errors import install_error_handlers
+from ganops.serving.gate import WorkGate
 from ganops.serving.generation import postprocess_many
 from ganops.serving.metrics import ServingMetrics
-from ganops.serving.middleware import ServingMiddleware
+from ganops.serving.middleware import EdgeGuard, ServingMiddleware
 from ganops.serving.model_store import (
     CheckpointResolver,
     LoadedModel,
@@ -44,7 +48,7 @@ from ganops.serving.routes import generate, health, models, v2, watermark
 from ganops.serving.safety import AuditSink, Detector, ObjectStoreAuditSink, SafetyFilter, Watermarker
 from ganops.serving.settings import ServingSettings
 
-__all__ = ["create_app", "import_factory"]
+__all__ = ["create_app", "import_factory", "open_paths"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +115,11 @@ def create_app(
     cfg = settings.safety
     sink = audit_sink
     if sink is None and cfg.audit_uri:
-        sink = ObjectStoreAuditSink(cfg.audit_uri, include_pixels=cfg.audit_include_pixels)
+        sink = ObjectStoreAuditSink(
+            cfg.audit_uri, include_pixels=cfg.audit_include_pixels,
+            on_failure=lambda reason, count: metrics.audit_failures.labels(reason).inc(count),
+            on_written=metrics.audit_records.inc,
+        )
     factories = [import_factory(path) for path in cfg.extra_filters]
 
     def more_filters() -> list[SafetyFilter]:
@@ -149,7 +157,10 @@ def create_app(
     keys = ApiKeyStore(
         file=settings.api_keys_file,
         inline=settings.api_keys.get_secret_value() if settings.api_keys is not None else None,
+        on_problems=lambda reason, count: metrics.api_key_file_errors.labels(reason).inc(count),
+        on_keys=metrics.api_keys.set,
     )
+    limits = settings.limits
     if not keys.enabled:
         if settings.require_api_keys:
             raise ValueError("require_api_keys is set but no API keys are configured (api_keys_file or api_keys)")
@@ -160,9 +171,14 @@ def create_app(
         store=store,
         generator=generator,
         keys=keys,
-        buckets=TokenBuckets(settings.limits.rate_limit_per_second, settings.limits.rate_limit_burst),
+        buckets=TokenBuckets(limits.rate_limit_per_second, limits.rate_limit_burst),
         verifier=Watermarker(key, cfg.watermark_payload_bits, use_dwt=cfg.watermark_dwt),
-        policy=settings.limits.policy(),
+        policy=limits.policy(),
+        verify_gate=WorkGate(
+            limits.verify_concurrency, limits.verify_queue, limits.verify_timeout_s, what="verify",
+            noun="watermark verification", retry_after_s=limits.retry_after_s,
+            on_refused=lambda reason: metrics.rejected.labels(reason).inc(),
+        ),
     )
     store.on_change = services.update_ready
 
@@ -173,7 +189,7 @@ def create_app(
         # numpy's OpenBLAS would start its own threads for the safety filters' small matrix products: on a
         # loaded machine they spin and cost ~10x the work itself. The generator has the cores.
         threadpool_limits(limits=1, user_api="blas")
-        services.post_executor = ThreadPoolExecutor(2, thread_name_prefix="ganops-verify")
+        services.post_executor = ThreadPoolExecutor(limits.verify_concurrency, thread_name_prefix="ganops-verify")
         await generator.start()
         store.start()
         services.started = True
@@ -186,6 +202,9 @@ def create_app(
             await generator.close(timeout=settings.shutdown_timeout_s)
             store.stop()
             services.post_executor.shutdown(wait=True)
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close(timeout=settings.shutdown_timeout_s)
             logger.info("serving stopped")
 
     app = FastAPI(title="ganops serving", version=__version__, description=DESCRIPTION, lifespan=lifespan)
@@ -193,16 +212,50 @@ def create_app(
     install_error_handlers(app)
     for module in (health, generate, models, watermark, v2):
         app.include_router(module.router)
-    if settings.cors_origins:
+    guard = EdgeGuard(
+        keys=keys,
+        addresses=TokenBuckets(limits.address_rate_limit_per_second, limits.address_rate_limit_burst),
+        failures=TokenBuckets(limits.auth_failure_rate_per_second, limits.auth_failure_burst),
+        open_paths=open_paths(app),
+    )
+    app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=limits.max_body_bytes, guard=guard)
+    if settings.cors_origins:  # outermost: preflights need no key, and refusals carry the CORS headers too
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
-    app.add_middleware(ServingMiddleware, metrics=metrics, max_body_bytes=settings.limits.max_body_bytes)
     _limits_in_schema(app, settings)
     return app
+
+
+def _api_routes(routes: Sequence[BaseRoute]) -> Iterator[APIRoute]:
+    """Every API route, also inside included routers (FastAPI keeps those as one route per router; none of ours
+    has a prefix)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _api_routes(included.routes)
+
+
+def _needs_key(dependant: Dependant) -> bool:
+    return dependant.call is authenticate or any(_needs_key(d) for d in dependant.dependencies)
+
+
+def open_paths(app: FastAPI) -> frozenset[str]:
+    """Paths answered without an API key: routes that do not depend on :func:`authenticate` (probes, metrics,
+    ``/v2`` server metadata) and the schema pages. Every other path, unknown ones included, needs a key: a new
+    route is closed unless it is written open."""
+    paths = {p for p in (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url) if p}
+    for route in _api_routes(app.routes):
+        if not _needs_key(route.dependant):
+            if "{" in route.path:
+                raise ValueError(f"open route {route.path} has path parameters: the edge guard matches exact paths")
+            paths.add(route.path)
+    return frozenset(paths)
 
 
 def _limits_in_schema(app: FastAPI, settings: ServingSettings) -> None:

@@ -12,6 +12,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from ganops.serving.auth import ApiKeyStore, Principal, TokenBuckets
 from ganops.serving.batching import Generator
 from ganops.serving.errors import ApiError
+from ganops.serving.gate import WorkGate
 from ganops.serving.metrics import ServingMetrics
 from ganops.serving.model_store import ModelStore
 from ganops.serving.safety import RequestPolicy, Watermarker
@@ -30,6 +31,7 @@ class Services:
     buckets: TokenBuckets
     verifier: Watermarker  # same key as every model's watermarker; verifies any of them
     policy: RequestPolicy
+    verify_gate: WorkGate
     post_executor: ThreadPoolExecutor | None = None
     started: bool = False
     draining: bool = False
@@ -43,12 +45,21 @@ class Services:
             return "shutting down"
         if not self.started:
             return "starting"
-        if not self.store.ready:
-            return "no model loaded yet" + (f" ({self.store.last_error})" if self.store.last_error else "")
+        if not self.store.ready:  # the error's kind only: its message may name internal hosts and bucket paths
+            error = self.store.last_error
+            return "no model loaded yet" + (f" ({error.split(':', 1)[0]})" if error else "")
         return None
 
     def update_ready(self) -> None:
         self.metrics.ready.set(1 if self.ready else 0)
+
+    def charge(self, principal: Principal, cost: float) -> None:
+        """Take ``cost`` tokens from the caller's bucket (samples asked for, uploaded pixels) or raise 429."""
+        wait = self.buckets.take(principal.bucket, max(1.0, cost))
+        if wait > 0:
+            self.metrics.rejected.labels("rate_limited").inc()
+            retry = TokenBuckets.retry_after(wait)
+            raise ApiError(429, f"rate limit exceeded; retry in {retry} s", headers={"Retry-After": str(retry)})
 
 
 def get_services(request: Request) -> Services:
@@ -64,32 +75,16 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-K
 
 async def authenticate(
     request: Request,
-    services: ServicesDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key)],
 ) -> Principal:
-    """The caller's key id (401 without a valid key when keys are configured), after its rate limit (429)."""
-    client = request.client.host if request.client is not None else "unknown"
-    if services.keys.enabled:
-        presented = header_key or (bearer.credentials if bearer is not None and bearer.scheme.lower() == "bearer"
-                                   else None)
-        if not presented:
-            services.metrics.rejected.labels("unauthorized").inc()
-            raise ApiError(401, "an API key is required (Authorization: Bearer <key> or X-API-Key)",
-                           headers={"WWW-Authenticate": "Bearer"})
-        key_id = services.keys.verify(presented)
-        if key_id is None:
-            services.metrics.rejected.labels("unauthorized").inc()
-            raise ApiError(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        principal = Principal(key_id, client)
-    else:
-        principal = Principal(None, client)
-    wait = services.buckets.take(principal.bucket)
-    if wait > 0:
-        services.metrics.rejected.labels("rate_limited").inc()
-        retry = TokenBuckets.retry_after(wait)
-        raise ApiError(429, f"rate limit exceeded; retry in {retry} s", headers={"Retry-After": str(retry)})
-    request.state.principal = principal
+    """The caller, as the edge guard (:class:`~ganops.serving.middleware.EdgeGuard`) authenticated it from the
+    headers before the app read the body. The header dependencies only document the two ways to send a key in
+    the OpenAPI schema. Without the guard's answer the request is refused (fail-closed)."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        raise ApiError(401, "an API key is required (Authorization: Bearer <key> or X-API-Key)",
+                       headers={"WWW-Authenticate": "Bearer"})
     return principal
 
 

@@ -101,10 +101,37 @@ class ServingMetrics:
         )
         self.rejected = Counter(
             "ganops_serving_rejected_total",
-            "Requests refused before generation, by reason.",
+            "Requests refused before generation, by reason (docs/security.md: unauthorized, auth_failures, "
+            "address_rate_limited, rate_limited, headers_too_large, header_timeout, body_timeout, verify_busy, "
+            "queue_full, not_ready, draining, timeout).",
             ["reason"],
             registry=r,
         )
+        self.api_keys = Gauge(
+            "ganops_serving_api_keys", "API keys accepted now (key file + environment).", registry=r
+        )
+        self.api_key_file_errors = Counter(
+            "ganops_serving_api_key_file_errors_total",
+            "Key-file reloads that refused something (fail-closed): invalid_entry counts entries refused, "
+            "unreadable counts reads that failed (then no key of the file is accepted).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("invalid_entry", "unreadable"):
+            self.api_key_file_errors.labels(reason)
+        self.audit_records = Counter(
+            "ganops_audit_records_total", "Audit records written to the audit log (one per request with a blocked "
+            "sample).", registry=r,
+        )
+        self.audit_failures = Counter(
+            "ganops_audit_failures_total",
+            "Audit log trouble: queue_full counts records dropped because the writer fell behind (lost), "
+            "write_error counts failed segment writes (kept and retried).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("queue_full", "write_error"):
+            self.audit_failures.labels(reason)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

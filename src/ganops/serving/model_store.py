@@ -331,6 +331,11 @@ class ModelLoader:
                 index = MemorizationIndex.from_bytes(storage.open_store(index_uri).get_bytes(index_uri))
                 logger.info("%s:%s: memorization index %s (%d examples)", ref.name, ref.version, index_uri,
                             len(index.features))
+            elif cfg.require_memorization_index and is_image:
+                raise checkpoints.CheckpointError(
+                    f"{ref.name}:{ref.version} has no memorization index (tag {MEMORIZATION_TAG} or a file beside "
+                    f"{step_uri}) and safety.require_memorization_index is set: refusing to serve it"
+                )
             else:
                 skipped["memorization"] = "no_index"
                 logger.warning("%s:%s: no memorization index beside %s: memorization filter off for this model",

@@ -119,7 +119,6 @@ class ModelOut(BaseModel):
     num_classes: int | None = None
     ema: bool
     default_truncation: float | None = None
-    checkpoint_uri: str
     step: int | None = None
     loaded_at: float
     filters: list[str]

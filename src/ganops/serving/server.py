@@ -15,6 +15,7 @@ import uvicorn
 from ganops import logs
 from ganops.serving.app import create_app
 from ganops.serving.model_store import CheckpointResolver, ModelRef, RegistryResolver
+from ganops.serving.protocol import guarded_protocol
 from ganops.serving.settings import ServingSettings
 
 __all__ = ["CannotServe", "preflight", "run", "uvicorn_config"]
@@ -74,7 +75,22 @@ def preflight(settings: ServingSettings) -> ModelRef:
 
 
 def uvicorn_config(settings: ServingSettings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for ``settings``: the app, and the connection limits of ``settings.server``.
+
+    * ``http``: the httptools protocol with a head-size limit (431) and head/body read timeouts (408)
+      (:mod:`ganops.serving.protocol`);
+    * ``limit_concurrency``: connections + requests in progress beyond it get 503 at once;
+    * ``proxy_headers`` only with ``server.trusted_proxies``, and then ``X-Forwarded-For`` is honoured from those
+      addresses alone (uvicorn's default would trust it from 127.0.0.1 and ``FORWARDED_ALLOW_IPS``);
+    * no WebSockets (the API has none: no upgrade path to attack).
+    """
     app = create_app(settings)
+    metrics = app.state.services.metrics
+    server = settings.server
+
+    def refused(reason: str) -> None:
+        metrics.rejected.labels(reason).inc()
+
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -85,6 +101,16 @@ def uvicorn_config(settings: ServingSettings, **overrides: Any) -> uvicorn.Confi
         "lifespan": "on",
         "server_header": False,
         "date_header": True,
+        "http": guarded_protocol(
+            max_header_bytes=server.max_header_bytes, header_timeout_s=server.header_timeout_s,
+            body_timeout_s=server.body_timeout_s, on_refusal=refused,
+        ),
+        "ws": "none",
+        "limit_concurrency": server.limit_concurrency,
+        "timeout_keep_alive": server.keep_alive_timeout_s,
+        "backlog": server.backlog,
+        "proxy_headers": bool(server.trusted_proxies),
+        "forwarded_allow_ips": list(server.trusted_proxies),
         **overrides,
     }
     return uvicorn.Config(app, **options)

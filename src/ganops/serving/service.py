@@ -61,6 +61,7 @@ def _unavailable(services: Services, reason: str, message: str) -> ApiError:
 async def run_generation(
     services: Services, principal: Principal, request_id: str, job: GenerationJob
 ) -> GenerationResult:
+    services.charge(principal, job.n)  # one token per sample asked for (429 before any work)
     if services.draining:
         raise _unavailable(services, "draining", "the server is shutting down")
     seed = job.seed if job.seed is not None else secrets.randbits(63)

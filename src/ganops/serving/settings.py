@@ -15,6 +15,7 @@ a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +35,7 @@ __all__ = [
     "BatchingSettings",
     "CanarySettings",
     "LimitSettings",
+    "ServerSettings",
     "ServingSettings",
     "config_file_values",
     "default_audit_uri",
@@ -76,6 +78,11 @@ class BatchingSettings(_Section):
     )
 
 
+# The largest picture this server makes at the default limits: a grid of 64 samples of 256 px, 8 x 8 tiles with
+# 2 px of padding (8 * 258 + 2 = 2066 px a side). Uploads larger than that cannot carry its watermark.
+DEFAULT_MAX_VERIFY_PIXELS = 2080 * 2080
+
+
 class LimitSettings(_Section):
     max_n: int = Field(64, ge=1, le=1024, description="Samples per request.")
     max_image_size: int = Field(256, ge=2, le=4096)
@@ -84,11 +91,45 @@ class LimitSettings(_Section):
     max_truncation: float = Field(4.0, gt=0.0, le=100.0, description="Inclusive upper bound of `truncation`.")
     allowed_labels: list[int] | None = Field(None, description="Classes a conditional model may be asked for.")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger request bodies → 413.")
-    max_verify_pixels: int = Field(4096 * 4096, ge=64, description="Largest image /v1/watermark/verify decodes.")
+    max_verify_pixels: int = Field(
+        DEFAULT_MAX_VERIFY_PIXELS, ge=64, le=64 * 1024 * 1024,
+        description="Largest image /v1/watermark/verify accepts (width x height, read from the header before "
+        "anything is decoded; larger → 413). Default: room for the largest grid the default limits produce.",
+    )
+    verify_concurrency: int = Field(
+        1, ge=1, le=64, description="Verifications decoded and checked at once (each in a thread of its own, off the "
+        "event loop; one at the pixel cap takes ~1.5 CPU-seconds and ~120 MB); also the size of that thread pool.",
+    )
+    verify_queue: int = Field(8, ge=0, le=10_000, description="Verifications waiting for a slot; more → 503.")
+    verify_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="Wait + decode + verify → else 504 (the slot stays taken until the "
+        "thread is done, so timed-out work never piles up).",
+    )
     request_timeout_s: float = Field(30.0, gt=0.0, description="Queue + generation + safety + encoding → else 504.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After of 503 answers (queue full, not ready).")
-    rate_limit_per_second: float = Field(20.0, ge=0.0, description="Token refill per API key; 0 = no limit.")
-    rate_limit_burst: int = Field(40, ge=1, description="Bucket size per API key.")
+    rate_limit_per_second: float = Field(
+        64.0, ge=0.0, description="Token refill per API key (per client address when authentication is off); a "
+        "request costs one token per sample it asks for, one per `rate_limit_pixels_per_token` pixels it uploads, "
+        "at least one; 0 = no limit.",
+    )
+    rate_limit_burst: int = Field(
+        128, ge=1, description="Bucket size per API key (a request never costs more than the whole bucket)."
+    )
+    rate_limit_pixels_per_token: int = Field(
+        256 * 256, ge=1, description="Uploaded pixels (watermark verification) that cost one token."
+    )
+    address_rate_limit_per_second: float = Field(
+        100.0, ge=0.0, description="Requests per second per client address, checked before authentication "
+        "(probes and /metrics excepted); 0 = off.",
+    )
+    address_rate_limit_burst: int = Field(200, ge=1, description="Bucket size per client address.")
+    auth_failure_rate_per_second: float = Field(
+        0.2, ge=0.0, description="Failed authentications per second a client address earns back; 0 = unlimited.",
+    )
+    auth_failure_burst: int = Field(
+        10, ge=1, description="Failed authentications an address may make in a row; then every request from it "
+        "gets 429 until it has earned one back.",
+    )
 
     def policy(self) -> RequestPolicy:
         return RequestPolicy(
@@ -99,6 +140,46 @@ class LimitSettings(_Section):
             min_truncation=self.min_truncation,
             max_truncation=self.max_truncation,
         )
+
+
+class ServerSettings(_Section):
+    """What uvicorn enforces per connection, before the app sees a request (docs/security.md)."""
+
+    limit_concurrency: int | None = Field(
+        256, ge=1, description="Open connections + requests in progress per process; beyond it new requests get "
+        "503 at once (None = unlimited).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, le=1024 * 1024, description="Request line + headers; larger → 431 and the connection "
+        "is closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=300.0, description="From a connection's first byte (or its opening) to the end of the "
+        "request's headers; slower → 408 and closed.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=600.0, description="From the end of the headers to the end of the body; slower → 408 and "
+        "closed.",
+    )
+    keep_alive_timeout_s: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after it.")
+    backlog: int = Field(2048, ge=1, le=65535, description="Connections the kernel queues before accept.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="Addresses or CIDRs of proxies (the ingress controller's pods) whose "
+        "X-Forwarded-For names the client; empty = the peer's address is the client, whatever the headers say.",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        networks = []
+        for proxy in proxies:
+            try:
+                network = ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"trusted proxy {proxy!r} is not an IP address or CIDR (no wildcards)") from None
+            single = network.num_addresses == 1
+            networks.append(str(network.network_address) if single else str(network))
+        return networks
 
 
 class _ConfigFileSource(YamlConfigSettingsSource):
@@ -143,6 +224,8 @@ class ServingSettings(BaseSettings):
         "fp32", description="bf16: weights and activations in bfloat16 (CPUs with AMX, GPUs): 2-3x cheaper at batch "
         ">= 16 on AMX, little gain at batch 1; outputs differ from fp32 by a few grey levels (same seed, same bytes)."
     )
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
 
     # --- behaviour
     batching: BatchingSettings = Field(default_factory=BatchingSettings)

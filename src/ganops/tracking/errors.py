@@ -29,13 +29,22 @@ class TrackingUnavailable(TrackingError):
 
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(r"(?i)\b((?:access_?token|token|password|passwd|secret|api_?key|signature)=)[^&\s'\"]+")
+# The query string of a URL: presigned URLs carry their credential there (X-Amz-Credential, X-Amz-Signature,
+# X-Amz-Security-Token, X-Goog-Signature, Azure's sig=, token=…). All of it goes, whatever the parameter names.
+_URL_QUERY = re.compile(r"(://[^\s?#'\"]*)\?[^\s#'\"]*")
+# name=value pairs outside a URL whose name says secret (e.g. "token=abc" in an error message).
+_SECRET_PAIR = re.compile(
+    r"(?i)\b([\w.-]*(?:token|password|passwd|secret|api_?key|signature|credential|sig)=)[^&\s'\"#]+"
+)
 
 
 def redact(text: str) -> str:
-    """``text`` without credentials: URL user-info, secret query parameters and values of known secret env vars."""
+    """``text`` without credentials: URL user-info, URL query strings (presigned URLs), secret ``name=value``
+    pairs and values of known secret env vars. Applied to every message ganops writes about MLflow and to every
+    param and tag value it sends there."""
     text = _USERINFO.sub("***@", text)
-    text = _SECRET_QUERY.sub(r"\1***", text)
+    text = _URL_QUERY.sub(r"\1?***", text)
+    text = _SECRET_PAIR.sub(r"\1***", text)
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 4:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ganops import contracts
 from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec, spec_hash
+from ganops.tracking.errors import redact
 
 MAX_PARAM_VALUE_CHARS = 6000  # MLflow's limit for a param value
 
@@ -28,7 +29,8 @@ def flatten_spec(spec: GanTrainingJob | GanTrainingJobSpec) -> dict[str, str]:
     """The spec as MLflow params: dotted camelCase wire names (``model.latentDim``) → string values.
 
     Unset (null) fields and empty maps are left out; lists are JSON (``optimizer.betas`` → ``[0.5, 0.999]``);
-    booleans are ``true``/``false`` as in the job file. Values longer than MLflow's limit are truncated.
+    booleans are ``true``/``false`` as in the job file. Values longer than MLflow's limit are truncated. Every value
+    is redacted (`redact`): user-info and query strings of URIs never become params, whoever can read the run.
     """
     wire = _as_spec(spec).model_dump(mode="json", by_alias=True)
     flat: dict[str, str] = {}
@@ -41,7 +43,7 @@ def flatten_spec(spec: GanTrainingJob | GanTrainingJobSpec) -> dict[str, str]:
         if value is None:
             return
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        flat[prefix] = text[:MAX_PARAM_VALUE_CHARS]
+        flat[prefix] = redact(text)[:MAX_PARAM_VALUE_CHARS]
 
     walk("", wire)
     return flat
@@ -100,7 +102,7 @@ def lineage_tags(
     image = image or os.environ.get(contracts.ENV_IMAGE) or _as_spec(spec).resources.image
     if image:
         tags[contracts.TAG_IMAGE] = image
-    return tags
+    return {key: redact(value) for key, value in tags.items()}
 
 
 __all__ = ["MAX_PARAM_VALUE_CHARS", "flatten_spec", "job_key", "lineage_tags"]

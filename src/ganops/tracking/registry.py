@@ -144,8 +144,11 @@ def register_version(
     Raises :class:`TrackingUnavailable` when MLflow does not answer, :class:`TrackingError` when it refuses.
     """
     client = connection.client(tracking_uri)
-    all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    # Every value redacted (a checkpoint URI with a query string would lose it, and then fail to load: fail closed).
+    source_uri = redact(source_uri)
+    all_tags = {str(k): redact(str(v)) for k, v in (tags or {}).items()}
     all_tags[contracts.TAG_CHECKPOINT_URI] = source_uri
+    description = redact(description) if description is not None else None
 
     def create_model() -> None:
         try:

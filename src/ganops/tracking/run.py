@@ -83,7 +83,7 @@ class Tracker:
         self.run_name = run_name
         self.limits = limits or BufferLimits()
         self._requested_run_id = run_id
-        self._tags = {str(k): str(v) for k, v in tags.items() if _valid_key(str(k))}
+        self._tags = {str(k): redact(str(v)) for k, v in tags.items() if _valid_key(str(k))}
         for bad in sorted(set(map(str, tags)) - set(self._tags)):
             _LOG.warning("Not set on the MLflow run: tag name %r is not valid in MLflow", bad)
         self._artifact_location = artifact_location
@@ -220,7 +220,8 @@ class Tracker:
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (e.g. :func:`flatten_spec`). Keys already on the run are skipped (params are immutable in
         MLflow, and a resumed run has them); a key whose logged value differs is kept and reported once."""
-        clean = {k: str(v)[:MAX_PARAM_VALUE_CHARS] for k, v in params.items() if self._accept_key(str(k), "param")}
+        clean = {k: redact(str(v))[:MAX_PARAM_VALUE_CHARS] for k, v in params.items()
+                 if self._accept_key(str(k), "param")}
         if clean:
             self._enqueue(_ParamsOp(clean))
 
@@ -243,8 +244,8 @@ class Tracker:
         self._enqueue(_ArtifactOp(bytes(data), _check_artifact_path(artifact_path)))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        """Set run tags (mutable: a later value replaces an earlier one)."""
-        clean = {str(k): str(v) for k, v in tags.items() if self._accept_key(str(k), "tag")}
+        """Set run tags (mutable: a later value replaces an earlier one); values are redacted."""
+        clean = {str(k): redact(str(v)) for k, v in tags.items() if self._accept_key(str(k), "tag")}
         if clean:
             self._enqueue(_TagsOp(clean))
 

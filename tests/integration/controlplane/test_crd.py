@@ -4,6 +4,7 @@ budget), and the API server's CEL refuses a job that breaks one of `ganops.api.r
 from __future__ import annotations
 
 import subprocess
+from typing import Any
 
 import yaml
 
@@ -63,3 +64,28 @@ def test_numeric_bounds_hold_for_integral_values(control_plane: ControlPlane, cp
         assert code == 0, said
     code, said = apply("half", 0.5)
     assert code == 1 and "spec.loss.labelSmoothing: Invalid value" in said and "must be less than 0.5" in said, said
+
+
+def test_api_server_refuses_uris_that_carry_credentials_or_escape(control_plane: ControlPlane,
+                                                                   cp_namespace: str) -> None:
+    """The URI policy (`ganops.api.uris`) as the real API server's CEL runs it: an mlflowUri with user-info or a
+    query string, a presigned dataset URI and a checkpoint URI with a '..' segment are refused at admission; the
+    platform's own shapes (and a job without tracking, whose `{}` default meets the rules) are accepted."""
+    def apply(name: str, **spec: Any) -> tuple[int, str]:
+        job = grid_job(name, **spec)
+        job["metadata"]["namespace"] = cp_namespace
+        result = control_plane.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(job), check=False)
+        return result.returncode, result.stdout + result.stderr
+
+    for name, spec in (("plain", {}),
+                       ("mlflow-ok", {"tracking": {"mlflowUri": "http://mlflow.ganops-system:5000"}}),
+                       ("ckpt-ok", {"checkpoint": {"uri": "s3://ganops-checkpoints/team-b"}})):
+        code, said = apply(name, **spec)
+        assert code == 0, (name, said)
+    for name, spec, where in (
+            ("userinfo", {"tracking": {"mlflowUri": "https://user:pw@mlflow.example.com"}}, "spec.tracking.mlflowUri"),
+            ("listener", {"tracking": {"mlflowUri": "http://10.0.0.1:9/?x=1"}}, "spec.tracking.mlflowUri"),
+            ("presigned", {"dataset": {"uri": "s3://data/grid.npz?X-Amz-Signature=abc"}}, "spec.dataset.uri"),
+            ("escape", {"checkpoint": {"uri": "s3://ganops-checkpoints/team-b/../team-a"}}, "spec.checkpoint.uri")):
+        code, said = apply(name, **spec)
+        assert code == 1 and "is invalid" in said and where in said, (name, said)

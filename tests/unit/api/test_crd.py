@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,29 @@ MUTATIONS: list[tuple[str, Any, bool]] = [
     ("file checkpoint", lambda o: o["spec"]["checkpoint"].update(uri="file:///var/ckpt"), True),
     ("classes on grid", lambda o: (g := _grid())["spec"]["model"].update(numClasses=2) or g, False),
     ("mlp and rgb on digits", lambda o: o["spec"]["model"].update(architecture="mlp", channels=3), False),
+    # The URI policy (ganops.api.uris): shapes only; where a URI may point is the operator's allowlist.
+    ("presigned s3 dataset", lambda o: o["spec"]["dataset"].update(
+        uri="s3://bucket/x.zip?X-Amz-Credential=AKIA%2F20240101&X-Amz-Signature=abc123"), False),
+    ("dataset with a fragment", lambda o: o["spec"]["dataset"].update(uri="s3://bucket/x.zip#frag"), False),
+    ("https dataset", lambda o: o["spec"]["dataset"].update(uri="https://bucket.s3.amazonaws.com/x.zip"), False),
+    ("s3 bucket with user-info", lambda o: o["spec"]["dataset"].update(uri="s3://key:secret@bucket/x"), False),
+    ("s3 bucket with a port", lambda o: o["spec"]["checkpoint"].update(uri="s3://bucket:9000/x"), False),
+    ("dotdot checkpoint", lambda o: o["spec"]["checkpoint"].update(uri="s3://bucket/runs/../other"), False),
+    ("dotdot file dataset", lambda o: o["spec"]["dataset"].update(uri="file:///data/../etc/x"), False),
+    ("dots in a key", lambda o: o["spec"]["checkpoint"].update(uri="s3://my.bucket/runs/v1..2"), True),
+    ("bare s3 bucket", lambda o: o["spec"]["checkpoint"].update(uri="s3://bucket"), True),
+    ("presigned inception weights", lambda o: o["spec"]["evaluation"].update(
+        featureExtractor="inception", inceptionWeightsUri="s3://m/w.pth?token=abc"), False),
+    ("http inception weights", lambda o: o["spec"]["evaluation"].update(
+        featureExtractor="inception", inceptionWeightsUri="http://169.254.169.254/w.pth"), False),
+    ("mlflow service", lambda o: o["spec"].update(tracking={"mlflowUri": "http://mlflow.mlflow.svc:5000"}), True),
+    ("mlflow https path", lambda o: o["spec"].update(tracking={"mlflowUri": "https://ml.example.com/mlflow/"}), True),
+    ("mlflow user-info", lambda o: o["spec"].update(tracking={"mlflowUri": "https://u:tok@ml.example.com"}), False),
+    ("mlflow token query", lambda o: o["spec"].update(tracking={"mlflowUri": "https://ml.example.com/?token=x"}),
+     False),
+    ("mlflow sqlite", lambda o: o["spec"].update(tracking={"mlflowUri": "sqlite:///tmp/mlflow.db"}), False),
+    ("mlflow file store", lambda o: o["spec"].update(tracking={"mlflowUri": "file:///tmp/mlruns"}), False),
+    ("mlflow databricks", lambda o: o["spec"].update(tracking={"mlflowUri": "databricks://profile"}), False),
 ]
 
 
@@ -180,8 +204,11 @@ def test_object_defaults_are_whole_and_exclusive_bounds_integral() -> None:
     schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
     def walk(node: dict[str, Any], path: str) -> None:
-        if node.get("type") == "object" and "default" in node:
-            assert node["default"] != {} or not node.get("x-kubernetes-validations"), path
+        if node.get("type") == "object" and node.get("default") == {}:
+            # `{}` is only safe when every rule reads its fields behind has() (the URI rules: `!has(self.uri) || ...`)
+            for rule in node.get("x-kubernetes-validations", []):
+                read = set(re.findall(r"self\.(\w+)", rule["rule"]))
+                assert read <= set(re.findall(r"has\(self\.(\w+)\)", rule["rule"])), (path, rule["rule"])
         for key in ("exclusiveMinimum", "exclusiveMaximum"):
             if node.get(key):
                 bound = node["minimum" if key == "exclusiveMinimum" else "maximum"]

@@ -97,7 +97,9 @@ def test_missing_dataset_is_required() -> None:
         ({"evaluation": {"featureExtractor": "inception"}}, "spec.evaluation.inceptionWeightsUri is required"),
         ({"resources": {"gpuType": "a100"}}, "spec.resources.gpuType needs gpusPerReplica > 0"),
         ({"dataset": {"uri": "builtin:cifar"}}, "spec.dataset.uri must be one of builtin:ring8"),
-        ({"checkpoint": {"uri": "gs://bucket"}}, "spec.checkpoint.uri must start with s3:// or file://"),
+        ({"checkpoint": {"uri": "gs://bucket"}}, "spec.checkpoint.uri must be an s3://<bucket>/… or file://… URI"),
+        ({"tracking": {"mlflowUri": "https://user:pw@mlflow"}}, "spec.tracking.mlflowUri must be an http(s)://"),
+        ({"promotion": {"modelName": "a.b.c"}}, "spec.promotion.modelName"),
     ],
 )
 def test_cross_field_rules_name_the_field(patch: dict[str, Any], expected: str) -> None:

@@ -283,9 +283,14 @@ def test_serving_accepts_its_rendered_settings(name: str, tmp_path: Path, monkey
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = ServingSettings()
-    assert settings.model == values_of(name).get("serving", {}).get("model", "digits@production")
+    assert settings.model == values_of(name).get("serving", {}).get("model", "default.digits@production")
     assert settings.require_api_keys is True
     assert settings.port == 8080 and settings.host == "0.0.0.0"
+    server = settings.server
+    assert (server.limit_concurrency, server.max_header_bytes, server.header_timeout_s, server.body_timeout_s,
+            server.keep_alive_timeout_s) == (256, 32768, 10.0, 30.0, 5)
+    assert server.trusted_proxies == (["10.244.0.0/16"] if name == "ingress" else [])
+    assert settings.safety.require_memorization_index is True
     if name == "canary":
         assert settings.canary.alias == "canary" and settings.canary.percent == 10
         assert settings.batching.max_batch_size == 32 and settings.safety.mode == "replace"

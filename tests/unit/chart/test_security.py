@@ -3,6 +3,7 @@ root file system), RBAC is least privilege, and the NetworkPolicies deny by defa
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -188,3 +189,98 @@ def test_pods_select_their_own_policies() -> None:
         labels = one(objs, "Deployment", component)["spec"]["template"]["metadata"]["labels"]
         selector = one(objs, "NetworkPolicy", component)["spec"]["podSelector"]["matchLabels"]
         assert selector.items() <= labels.items()
+
+
+# ------------------------------------------------------------------------------------------------ tenancy (issue 13)
+PRIVATE = {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"}
+
+
+def _egress_to(spec: Obj, port: int) -> list[Obj]:
+    """Peers reachable on `port`, without the operator's API server rule (`networkPolicy.apiServer`, the first)."""
+    rules = spec["egress"][1:] if spec["podSelector"]["matchLabels"].get(
+        "app.kubernetes.io/component") == "operator" else spec["egress"]
+    return [peer for rule in rules if {"protocol": "TCP", "port": port} in rule["ports"] for peer in rule["to"]]
+
+
+def _operator_env(objs: list[Obj]) -> dict[str, str]:
+    container = one(objs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_egress_names_the_real_mlflow_and_object_store_not_the_whole_cluster() -> None:
+    """Defaults: MLflow is `mlflow.uri`'s Service (namespace ganops-system, port 5000), not any pod on :5000; AWS S3
+    is public addresses only, never the cluster's own ranges nor the metadata service."""
+    objs = objects()
+    for component in ("operator", "serving"):
+        spec = one(objs, "NetworkPolicy", component)["spec"]
+        assert _egress_to(spec, 5000) == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ganops-system"}}}]
+        (s3,) = _egress_to(spec, 443)
+        assert s3["ipBlock"]["cidr"] == "0.0.0.0/0" and set(s3["ipBlock"]["except"]) == PRIVATE
+        for rule in spec["egress"]:
+            assert {} not in [peer.get("namespaceSelector") for peer in rule["to"]], rule  # no "every namespace"
+
+
+def test_egress_is_derived_from_in_cluster_endpoints_or_given_explicitly() -> None:
+    derived = objects({"mlflow": {"uri": "http://10.1.2.3:5000"},
+                       "objectStore": {"endpointUrl": "https://minio.storage.svc.cluster.local:9000"},
+                       "networkPolicy": {"mlflow": {"podSelector": {"matchLabels": {"app": "x"}}},
+                                         "objectStore": {"podSelector": {"matchLabels": {"app": "minio"}}}}})
+    spec = one(derived, "NetworkPolicy", "operator")["spec"]
+    assert _egress_to(spec, 5000) == [{"ipBlock": {"cidr": "10.1.2.3/32"}}]  # an IP: that address only
+    assert _egress_to(spec, 9000) == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "storage"}},
+        "podSelector": {"matchLabels": {"app": "minio"}}}]
+    assert _egress_to(spec, 443) == []
+    explicit = objects({"networkPolicy": {"objectStore": {"to": [{"ipBlock": {"cidr": "10.9.0.0/24"}}],
+                                                          "ports": [443]}}})
+    assert _egress_to(one(explicit, "NetworkPolicy", "operator")["spec"], 443) == [{"ipBlock": {"cidr": "10.9.0.0/24"}}]
+
+
+def test_an_external_mlflow_without_addresses_fails_the_render() -> None:
+    with pytest.raises(Exception, match=r"networkPolicy\.mlflow\.to: https://mlflow\.example\.com is outside"):
+        objects({"mlflow": {"uri": "https://mlflow.example.com"}})
+    ok = objects({"mlflow": {"uri": "https://mlflow.example.com"},
+                  "networkPolicy": {"mlflow": {"to": [{"ipBlock": {"cidr": "203.0.113.7/32"}}]}}})
+    assert _egress_to(one(ok, "NetworkPolicy", "operator")["spec"], 443) != []
+
+
+def test_trainer_pods_get_a_default_deny_policy_from_the_operator() -> None:
+    """The operator creates it per job (the job's own pods are its only peers, `children.network_policy`); the chart
+    hands it the platform's part and lets the operator create NetworkPolicies (nothing more)."""
+    objs = objects()
+    platform = json.loads(_operator_env(objs)["GANOPS_TRAINER_NETWORK_POLICY"])
+    assert platform["egress"] == one(objs, "NetworkPolicy", "operator")["spec"]["egress"][1:]  # not the API server
+    assert platform["metricsFrom"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    assert not [peer for rule in platform["egress"] for peer in rule["to"] if peer.get("namespaceSelector") == {}]
+    role = next(o for o in of_kind(objs, "ClusterRole") if "operator" in o["metadata"]["name"])
+    assert _grants(role["rules"], "networking.k8s.io", "networkpolicies") == {"create"}
+    assert "GANOPS_TRAINER_NETWORK_POLICY" not in _operator_env(objects({"networkPolicy": {"enabled": False}}))
+    assert "GANOPS_TRAINER_NETWORK_POLICY" not in _operator_env(
+        objects({"networkPolicy": {"trainer": {"enabled": False}}}))
+
+
+def test_the_tenant_policy_reaches_the_operator() -> None:
+    default = _operator_env(objects())
+    assert default["GANOPS_ALLOW_FORCE_PROMOTION"] == "true"
+    assert not {k for k in default if k.startswith("GANOPS_ALLOWED_") or k == "GANOPS_MIN_GATES"}
+    env = _operator_env(objects({"operator": {"policy": {
+        "allowedImages": ["ghcr.io/ganops/", "sha256:" + "a" * 64], "allowedPriorityClasses": ["ml-batch"],
+        "allowedNodeSelectors": ["pool=gpu"], "allowedTolerations": ["dedicated=ml:NoSchedule"],
+        "allowedMlflowUris": ["https://mlflow.example"], "allowedCheckpointUris": ["s3://team-data/ckpt"],
+        "minGates": {"maxFID": 60, "minRecall": 0.2}, "allowForcePromotion": False}}}))
+    assert env["GANOPS_ALLOWED_IMAGES"] == "ghcr.io/ganops/,sha256:" + "a" * 64
+    assert env["GANOPS_ALLOWED_PRIORITY_CLASSES"] == "ml-batch"
+    assert env["GANOPS_ALLOWED_NODE_SELECTORS"] == "pool=gpu"
+    assert env["GANOPS_ALLOWED_TOLERATIONS"] == "dedicated=ml:NoSchedule"
+    assert env["GANOPS_ALLOWED_MLFLOW_URIS"] == "https://mlflow.example"
+    assert env["GANOPS_ALLOWED_CHECKPOINT_URIS"] == "s3://team-data/ckpt"
+    assert env["GANOPS_MIN_GATES"] == "maxFID=60,minRecall=0.2"
+    assert env["GANOPS_ALLOW_FORCE_PROMOTION"] == "false"
+    # The operator accepts exactly what the chart renders.
+    from ganops.operator.settings import OperatorConfig
+
+    config = OperatorConfig.from_env({k: v for k, v in env.items() if v is not None})
+    assert config.policy.min_gates == (("maxFID", 60.0), ("minRecall", 0.2))
+    assert config.trainer_network_policy is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -206,3 +208,44 @@ def test_naming_problems_for_multi_replica_jobs() -> None:
     assert "must start with a letter" in children.naming_problems("1gan", spec)[0]
     assert "too long" in children.naming_problems("g" * 62, spec)[0]
     assert children.naming_problems("1gan", VARIANTS["cpu"]) == []
+
+
+# ------------------------------------------------------------------------------------------------ NetworkPolicy
+
+PLATFORM_EGRESS = {
+    "egress": [
+        {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}],
+         "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+        {"to": [{"ipBlock": {"cidr": "10.0.5.0/24"}}], "ports": [{"protocol": "TCP", "port": 443}]},
+        {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mlflow"}}}],
+         "ports": [{"protocol": "TCP", "port": 5000}]},
+    ],
+    "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+}
+
+
+def test_each_job_gets_a_default_deny_network_policy_for_its_pods() -> None:
+    config = dataclasses.replace(CONFIG, trainer_network_policy=json.dumps(PLATFORM_EGRESS))
+    assert children.network_policy(OWNER, VARIANTS["cpu"], CONFIG) is None  # the platform configured none
+    rendered = children.render(OWNER, VARIANTS["multi-node"], config, attempt=1)
+    assert [obj["kind"] for obj in rendered] == ["ConfigMap", "NetworkPolicy", "Service", "Job"]
+    policy = rendered[1]
+    validate(policy)
+    spec = policy["spec"]
+    job_pods = {"ganops.io/job": "gan-1", "app.kubernetes.io/component": "trainer"}
+    # It selects exactly the job's trainer pods (the labels the Job's pod template carries), both directions.
+    pod_labels = rendered[-1]["spec"]["template"]["metadata"]["labels"]
+    assert spec["podSelector"] == {"matchLabels": job_pods} and job_pods.items() <= pod_labels.items()
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    # In: the job's own pods (rendezvous, then NCCL's ephemeral ports), and the scrapers on the metrics port only.
+    assert spec["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": job_pods}}]},
+        {"from": PLATFORM_EGRESS["metricsFrom"], "ports": [{"protocol": "TCP", "port": CONFIG.trainer_metrics_port}]},
+    ]
+    # Out: the job's own pods, then only what the platform listed (DNS, object store, MLflow).
+    assert spec["egress"] == [{"to": [{"podSelector": {"matchLabels": job_pods}}]}, *PLATFORM_EGRESS["egress"]]
+    assert not any(peer.get("ipBlock", {}).get("cidr") == "0.0.0.0/0" for rule in spec["egress"] for peer in rule["to"])
+    # A single replica has no peers: nobody may connect but the scrapers.
+    single = children.network_policy(OWNER, VARIANTS["cpu"], config)
+    assert single is not None and single["spec"]["ingress"] == [spec["ingress"][1]]
+    assert single["spec"]["egress"] == PLATFORM_EGRESS["egress"]

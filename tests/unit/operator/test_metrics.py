@@ -62,7 +62,7 @@ def test_series_from_a_running_jobs_status() -> None:
     s = M.job_series("ml", "gan", spec_of(budget={"maxCostUSD": 20.0}), status)
     assert s.phase == "Running" and s.restarts == {"preemption": 2, "failure": 1}
     assert (s.budget_usd, s.cost_usd, s.gpu_hours) == (20.0, 1.5, 0.6)
-    assert s.model == "gan" and s.promotions == {"promoted": 0, "rejected": 0}  # born at 0: increase() sees the 1st
+    assert s.model == "ml.gan" and s.promotions == {"promoted": 0, "rejected": 0}  # born at 0: increase() sees the 1st
     assert s.version is None and s.quality == {}
 
 
@@ -89,7 +89,7 @@ def test_quality_only_for_the_promoted_version_and_the_contracts_metrics() -> No
               "promotedMetrics": {"fid": 12.0, "kid": 0.01, "precision": 0.8, "recall": 0.6, "modes": 25.0,
                                   "high_quality": 0.9, "nan": float("nan")}}
     s = M.job_series("ml", "gan", spec_of(promotion={"modelName": "faces"}), status)
-    assert s.model == "faces" and s.version == "7" and s.promotions == {"promoted": 1, "rejected": 2}
+    assert s.model == "ml.faces" and s.version == "7" and s.promotions == {"promoted": 1, "rejected": 2}
     assert s.quality == {"fid": 12.0, "kid": 0.01, "precision": 0.8, "recall": 0.6, "modes": 25.0}
     # metrics without a promoted version are not a version's quality
     assert M.job_series("ml", "gan", spec_of(), {"promotedMetrics": {"fid": 1.0}}).quality == {}
@@ -115,9 +115,9 @@ def test_rendered_names_and_labels_are_the_contracts() -> None:
     assert got[("ganops_job_budget_usd", labels())] == 5.0
     assert got[("ganops_job_cost_usd_total", labels())] == 2.0
     assert got[("ganops_job_gpu_hours_total", labels())] == 1.0
-    assert got[("ganops_operator_promotions_total", labels(model="gan", outcome="promoted"))] == 0.0
-    assert got[("ganops_operator_promotions_total", labels(model="gan", outcome="rejected"))] == 0.0
-    assert got[("ganops_model_version_quality", labels(model="gan", version="3", metric="fid"))] == 9.5
+    assert got[("ganops_operator_promotions_total", labels(model="ml.gan", outcome="promoted"))] == 0.0
+    assert got[("ganops_operator_promotions_total", labels(model="ml.gan", outcome="rejected"))] == 0.0
+    assert got[("ganops_model_version_quality", labels(model="ml.gan", version="3", metric="fid"))] == 9.5
     assert len(got) == 6 + 2 + 3 + 2 + 1
     operator = contract.series_by_component()["operator"] | {"ganops_job_cost_usd_total", "ganops_job_gpu_hours_total"}
     assert {name for name, _ in got} <= operator  # every name is in dashboards/METRICS.md's operator table

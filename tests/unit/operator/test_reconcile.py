@@ -387,20 +387,22 @@ def test_wants_record() -> None:
 # ------------------------------------------------------------------------------------------------ promotion
 
 
-def succeeded(spec: GanTrainingJobSpec, metrics: dict[str, float], **kw: Any) -> Plan:
+def succeeded(spec: GanTrainingJobSpec, metrics: dict[str, float], policy: Policy | None = None, **kw: Any) -> Plan:
     st = running_status(spec)
     return R.reconcile(job_in(st, spec, **kw), Observed(job=kjob(complete=True), record=record(20, metrics=metrics)),
-                       NOW, Policy(mlflow_uri="http://mlflow"))
+                       NOW, policy or Policy(mlflow_uri="http://mlflow"))
 
 
 def test_auto_promotion_is_planned_once_the_job_succeeds() -> None:
     spec = spec_of(promotion={"modelName": "grid", "gates": {"minModes": 20}})
     plan = succeeded(spec, {"modes": 23.0})
-    assert plan.actions == [Promote(tracking_uri="http://mlflow", model_name="grid", alias="production")]
-    result = PromotionOutcome("promoted", "grid", "production", "4", "passed: modes 23 >= minModes 20")
+    # Registered under the job's namespace: model names belong to a namespace.
+    assert plan.actions == [Promote(tracking_uri="http://mlflow", model_name="team-a.grid", alias="production")]
+    result = PromotionOutcome("promoted", "team-a.grid", "production", "4", "passed: modes 23 >= minModes 20")
     status, events = apply_promotion(plan.status, result, NOW)
     assert wire(status)["promotedVersion"] == "4"
-    assert cond(status, "Promoted")["message"] == "grid@production → version 4 (passed: modes 23 >= minModes 20)"
+    assert cond(status, "Promoted")["message"] == ("team-a.grid@production → version 4 "
+                                                   "(passed: modes 23 >= minModes 20)")
     assert [e.reason for e in events] == ["Promoted"]
     # Decided: later reconciles do not promote again.
     later = R.reconcile(job_in(status, spec), Observed(job=kjob(complete=True)), NOW, Policy(mlflow_uri="x"))
@@ -424,11 +426,11 @@ def test_a_rejection_names_the_failed_gate_and_is_final() -> None:
 def test_manual_promotion_and_rollback_through_annotations() -> None:
     spec = spec_of(promotion={"auto": False, "gates": {"minModes": 20}})
     manual = succeeded(spec, {"modes": 12.0}, annotations={ANNOTATION_PROMOTE: "true"})
-    assert manual.actions == [Promote("http://mlflow", "gan", "production", False, ANNOTATION_PROMOTE)]
+    assert manual.actions == [Promote("http://mlflow", "team-a.gan", "production", False, ANNOTATION_PROMOTE)]
     forced = succeeded(spec, {"modes": 12.0}, annotations={ANNOTATION_PROMOTE: "Force"})
-    assert forced.actions == [Promote("http://mlflow", "gan", "production", True, ANNOTATION_PROMOTE)]
+    assert forced.actions == [Promote("http://mlflow", "team-a.gan", "production", True, ANNOTATION_PROMOTE)]
     back = succeeded(spec, {}, annotations={ANNOTATION_ROLLBACK_TO: "3"})
-    assert back.actions == [Rollback("http://mlflow", "gan", "production", "3")]
+    assert back.actions == [Rollback("http://mlflow", "team-a.gan", "production", "3")]
     status, events = apply_promotion(back.status, PromotionOutcome("rolled_back", "gan", "production", "3"), NOW)
     assert wire(status)["promotedVersion"] == "3" and cond(status, "Promoted")["reason"] == "RolledBack"
     assert [e.reason for e in events] == ["RolledBack"]
@@ -442,6 +444,60 @@ def test_manual_promotion_and_rollback_through_annotations() -> None:
                         Observed(job=kjob()), NOW, Policy(mlflow_uri="http://mlflow"))
     assert empty.actions == [ClearAnnotation(ANNOTATION_PROMOTE)]
     assert cond(empty.status, "Promoted")["reason"] == "NoCheckpoint"
+
+
+def test_model_names_belong_to_the_job_namespace_for_auto_force_and_rollback() -> None:
+    """A job in team-a registers team-a.<model>; a modelName qualified with another namespace is refused for auto
+    promotion, force and rollback alike, with a Warning naming the owner, and no action reaches the registry."""
+    own = spec_of(promotion={"modelName": "team-a.grid"})
+    assert succeeded(own, {"modes": 23.0}).actions[0] == Promote("http://mlflow", "team-a.grid", "production")
+
+    theirs = spec_of(promotion={"modelName": "default.digits", "auto": True})
+    auto = succeeded(theirs, {"modes": 23.0})
+    assert auto.actions == []
+    refused = cond(auto.status, "Promoted")
+    assert refused["status"] == "False" and refused["reason"] == "NotOwner"
+    assert "belongs to namespace default" in refused["message"]
+    (event,) = [e for e in auto.events if e.reason == "PromotionRefused"]
+    assert event.type == "Warning" and "namespace default" in event.message and "default.digits" in event.message
+    # Decided: later reconciles do not try again (nor post again).
+    later = R.reconcile(job_in(auto.status, theirs), Observed(job=kjob(complete=True)), NOW, Policy(mlflow_uri="x"))
+    assert later.actions == [] and "PromotionRefused" not in reasons(later)
+
+    for asked, refusal in (({ANNOTATION_PROMOTE: "force"}, "PromotionRefused"),
+                           ({ANNOTATION_ROLLBACK_TO: "1"}, "RollbackRefused")):
+        manual = succeeded(spec_of(promotion={"modelName": "default.digits", "auto": False}), {"modes": 23.0},
+                           annotations=asked)
+        assert kinds(manual) == ["ClearAnnotation"], (asked, manual.actions)
+        (event,) = [e for e in manual.events if e.reason == refusal]
+        assert event.type == "Warning" and "belongs to namespace default" in event.message
+
+
+def test_the_operator_promotes_only_on_the_platform_mlflow() -> None:
+    platform = Policy(mlflow_uri="http://mlflow.mlflow.svc:5000", allowed_mlflow_uris=("https://mlflow.example",))
+    # The platform's server, however the job spells it: the platform's own spelling is what the operator uses.
+    spelled = spec_of(tracking={"mlflowUri": "http://MLflow.mlflow.svc:5000/"})
+    assert succeeded(spelled, {"modes": 23.0}, platform).actions[0].tracking_uri == "http://mlflow.mlflow.svc:5000"
+    other = spec_of(tracking={"mlflowUri": "https://mlflow.example:443"})
+    assert succeeded(other, {"modes": 23.0}, platform).actions[0].tracking_uri == "https://mlflow.example"
+    # A server the admin did not list: nothing is sent there, for promotion and rollback.
+    evil = spec_of(tracking={"mlflowUri": "http://127.0.0.1:8000"})
+    plan = succeeded(evil, {"modes": 23.0}, platform)
+    assert plan.actions == [] and cond(plan.status, "Promoted")["reason"] == "UntrustedTrackingServer"
+    back = succeeded(evil, {}, platform, annotations={ANNOTATION_ROLLBACK_TO: "1"})
+    assert not [a for a in back.actions if isinstance(a, Rollback | Promote)]
+    assert "RollbackRefused" in reasons(back)
+
+
+def test_force_can_be_turned_off_and_min_gates_travel_with_the_promotion() -> None:
+    spec = spec_of(promotion={"auto": False})
+    strict = Policy(mlflow_uri="http://mlflow", allow_force=False, min_gates=(("minModes", 20.0),))
+    forced = succeeded(spec, {"modes": 5.0}, strict, annotations={ANNOTATION_PROMOTE: "force"})
+    assert forced.actions == [ClearAnnotation(ANNOTATION_PROMOTE)]
+    assert "GANOPS_ALLOW_FORCE_PROMOTION" in next(e.message for e in forced.events if e.reason == "PromotionRefused")
+    manual = succeeded(spec, {"modes": 5.0}, strict, annotations={ANNOTATION_PROMOTE: "true"})
+    assert manual.actions == [Promote("http://mlflow", "team-a.gan", "production", False, ANNOTATION_PROMOTE,
+                                      (("minModes", 20.0),))]
 
 
 def test_promotion_without_a_registry_or_while_it_is_down() -> None:

@@ -8,7 +8,8 @@ import pytest
 
 from ganops.api.spec import GatesSpec
 from ganops.checkpoints import manifest_metrics
-from ganops.promotion import evaluate_gates
+from ganops.operator.promotion import effective_gates
+from ganops.promotion import evaluate_gates, strictest
 
 
 def gates(**wire: float) -> GatesSpec:
@@ -58,3 +59,27 @@ def test_manifest_metrics_takes_numbers_only() -> None:
         "fid": 41.5, "modes": 25.0}
     assert manifest_metrics({"metrics": {"metrics": {"recall": 0.7}, "step": 5}}) == {"recall": 0.7}
     assert manifest_metrics({}) == {}
+
+
+def test_a_job_can_tighten_the_platform_floor_but_never_loosen_it() -> None:
+    floor = gates(maxFID=60, minRecall=0.2)
+    assert strictest(gates(), None) == gates()
+    assert strictest(gates(), floor) == floor  # no gates of its own: the floor
+    assert strictest(gates(maxFID=500, minRecall=0.0), floor) == floor  # looser: the floor wins
+    tighter = strictest(gates(maxFID=30, minRecall=0.5, minHighQuality=0.8), floor)
+    assert tighter == gates(maxFID=30, minRecall=0.5, minHighQuality=0.8)
+    # A checkpoint with fid 80 fails a job that set maxFID 500 once the platform floor is 60.
+    assert not evaluate_gates(strictest(gates(maxFID=500), floor), {"fid": 80.0, "recall": 0.5}).passed
+
+
+def test_the_operator_applies_the_floor_and_leaves_minmodes_to_the_2d_jobs() -> None:
+    from ganops.api.loader import spec_from_object
+    from tests.support.jobs import digits_job, grid_job
+
+    image = spec_from_object(digits_job("d", promotion={"gates": {"maxFID": 500}})["spec"])
+    judged, floor = effective_gates(image, (("maxFID", 60.0), ("minModes", 20.0)))
+    assert judged == gates(maxFID=60) and floor == gates(maxFID=60)
+    points = spec_from_object(grid_job("g")["spec"])
+    judged, _ = effective_gates(points, (("maxFID", 60.0), ("minModes", 20.0)))
+    assert judged == gates(maxFID=60, minModes=20)
+    assert effective_gates(points, ()) == (points.promotion.gates, None)

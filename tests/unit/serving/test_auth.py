@@ -42,9 +42,9 @@ def test_keys_verify_and_a_rewritten_file_is_picked_up(tmp_path: Path) -> None:
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 5))
     assert store.verify("new-key") == "alice" and store.verify("old-key") is None
 
-    path.write_text("garbage\n")  # a broken rotation keeps the previous keys
+    path.write_text("garbage\n")  # a broken rotation fails closed: the file's keys are gone, not kept
     os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
-    assert store.verify("new-key") == "alice"
+    assert store.verify("new-key") is None and store.verify("env-key") == "ci"
 
 
 def test_no_key_source_means_authentication_is_off() -> None:
@@ -122,10 +122,12 @@ def test_principals_are_values() -> None:
 
 
 def test_the_wait_is_the_time_until_the_missing_tokens_are_back() -> None:
-    buckets = TokenBuckets(rate=2.0, burst=1)
-    assert buckets.take("a", now=0.0) == 0.0
+    buckets = TokenBuckets(rate=2.0, burst=4)
+    assert buckets.take("a", cost=4.0, now=0.0) == 0.0  # the whole bucket
     assert buckets.take("a", now=0.25) == pytest.approx(0.25)  # half a token back, half missing at 2/s
     assert buckets.take("a", cost=3.0, now=0.25) == pytest.approx(1.25)  # a large request waits for more
+    # beyond the burst a request is charged the whole bucket: it waits for a full one, not for ever
+    assert buckets.take("a", cost=10.0, now=0.25) == pytest.approx(1.75)
 
 
 def test_rate_zero_never_limits() -> None:

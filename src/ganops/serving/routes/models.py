@@ -1,4 +1,7 @@
-"""``GET /v1/models``: what serves now (primary and canary), with the generation settings and active filters."""
+"""``GET /v1/models``: what serves now (primary and canary), with the generation settings and active filters.
+
+Names and versions only: where the weights are stored (bucket paths) is the operators' business, not every key
+holder's (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -32,7 +35,6 @@ def model_out(deployment: Deployment, canary_percent: float, has_canary: bool) -
         num_classes=spec.num_classes,
         ema=model.ema,
         default_truncation=model.default_truncation,
-        checkpoint_uri=model.checkpoint_uri,
         step=model.step,
         loaded_at=model.loaded_at,
         filters=model.pipeline.filter_names,
@@ -43,6 +45,7 @@ def model_out(deployment: Deployment, canary_percent: float, has_canary: bool) -
 @router.get("/v1/models", response_model=ModelsResponse, summary="Served models",
             responses=responses(401, 429, 500))
 async def list_models(services: ServicesDep, principal: PrincipalDep) -> ModelsResponse:
+    services.charge(principal, 1)
     store = services.store
     deployments = store.deployments()
     has_canary = store.canary is not None and store.canary_percent > 0

@@ -104,18 +104,21 @@ def _metadata(services: Services, dep: Deployment) -> V2ModelMetadata:
 @router.get("/v2/models/{name}", response_model=V2ModelMetadata, summary="Model metadata (OIP)",
             responses=responses(401, 404, 429, 503))
 async def model_metadata(name: str, services: ServicesDep, principal: PrincipalDep) -> V2ModelMetadata:
+    services.charge(principal, 1)
     return _metadata(services, _deployment(services, name))
 
 
 @router.get("/v2/models/{name}/versions/{version}", response_model=V2ModelMetadata,
             summary="Model version metadata (OIP)", responses=responses(401, 404, 429, 503))
 async def version_metadata(name: str, version: str, services: ServicesDep, principal: PrincipalDep) -> V2ModelMetadata:
+    services.charge(principal, 1)
     return _metadata(services, _deployment(services, name, version))
 
 
 @router.get("/v2/models/{name}/ready", response_model=V2Ready, summary="Model readiness (OIP)",
             responses=responses(401, 404, 429, 503))
 async def model_ready(name: str, services: ServicesDep, principal: PrincipalDep) -> V2Ready:
+    services.charge(principal, 1)
     _deployment(services, name)
     return V2Ready(ready=services.ready)
 

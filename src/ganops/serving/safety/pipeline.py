@@ -7,8 +7,9 @@
 * ``mode="withhold"``: blocked samples have no output. ``mode="replace"``: blocked images become a neutral grey
   image of the same shape (``replaced=True``); blocked 2-D points are withheld (there is no neutral point).
 * ``on_decision(filter, outcome)`` is called once per verdict (the app counts
-  ``ganops_safety_decisions_total{filter,outcome}`` with it); an ``AuditSink`` gets one record per blocked sample
-  and is flushed at the end of the run. Neither may break a request: their errors are logged.
+  ``ganops_safety_decisions_total{filter,outcome}`` with it); an ``AuditSink`` gets one record per request that had
+  a blocked sample (its verdicts counted per filter, each blocked sample listed). Neither may break a request:
+  their errors are logged.
 """
 
 from __future__ import annotations
@@ -206,39 +207,46 @@ class SafetyPipeline:
         return SampleDecision(sample.index, False, verdicts, blocker.filter, reason)
 
     def _audit(self, samples: list[Sample], decisions: list[SampleDecision], context: RequestContext) -> None:
+        """One record for the request: every filter's verdicts counted, and each blocked sample (index, label,
+        SHA-256 of its pixels, the verdict that blocked it). The sink queues it; nothing here waits for storage."""
         if self.audit_sink is None:
             return
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
         try:
+            counts: dict[str, dict[str, int]] = {}
+            blocked: list[dict[str, Any]] = []
             for sample, decision in zip(samples, decisions, strict=True):
+                for verdict in decision.verdicts:
+                    per_filter = counts.setdefault(verdict.filter, {})
+                    per_filter[verdict.outcome] = per_filter.get(verdict.outcome, 0) + 1
                 if decision.allowed:
                     continue
                 blocker = decision.verdicts[-1]
-                record: dict[str, Any] = {
-                    "time": now,
-                    "request_id": context.request_id,
-                    "model": context.model_name,
-                    "version": context.model_version,
-                    "api_key_id": context.api_key_id,
-                    "request_label": context.label,
-                    "sample_index": sample.index,
-                    "sample_label": sample.label,
-                    "sample_sha256": sample_sha256(sample),
-                    "sample_shape": list(sample.pixels.shape),
+                blocked.append({
+                    "index": sample.index,
+                    "label": sample.label,
+                    "sha256": sample_sha256(sample),
+                    "shape": list(sample.pixels.shape),
                     "filter": blocker.filter,
                     "outcome": blocker.outcome,
                     "reason": blocker.reason,
                     "score": blocker.score,
-                    "mode": self.mode,
                     "replaced": decision.replaced,
-                    "verdicts": [
-                        {"filter": v.filter, "outcome": v.outcome, "reason": v.reason, "score": v.score}
-                        for v in decision.verdicts
-                    ],
                     "pixels": sample.pixels,
-                }
-                self.audit_sink.write(record)
-            self.audit_sink.flush()
+                })
+            record: dict[str, Any] = {
+                "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                "request_id": context.request_id,
+                "model": context.model_name,
+                "version": context.model_version,
+                "api_key_id": context.api_key_id,
+                "request_label": context.label,
+                "mode": self.mode,
+                "samples": len(samples),
+                "blocked": len(blocked),
+                "verdicts": counts,
+                "blocked_samples": blocked,
+            }
+            self.audit_sink.write(record)
         except Exception:
             logger.exception("safety audit write failed for request %s", context.request_id)
 

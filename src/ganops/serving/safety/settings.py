@@ -12,7 +12,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretBytes, SecretStr, model_validator
 
 from .nsfw import DEFAULT_BLOCKED_LABELS
 
@@ -44,6 +44,10 @@ class SafetySettings(BaseModel):
         "nothing below ~96 px (docs/safety.md); 0 = run it on every image.",
     )
     memorization_enabled: bool = Field(True, description="Use the index found beside the checkpoint (if any).")
+    require_memorization_index: bool = Field(
+        False, description="Refuse to serve an image model version that has no memorization index (else the filter "
+        "is skipped for it, `no_index`). The Helm chart turns it on.",
+    )
     memorization_threshold: float | None = None
     extra_filters: list[str] = Field(
         default_factory=list,
@@ -63,6 +67,12 @@ class SafetySettings(BaseModel):
     require_watermark_key: bool = Field(
         False, description="Refuse to start without a configured key (else an ephemeral key is generated)."
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SafetySettings:
+        if self.require_memorization_index and not self.memorization_enabled:
+            raise ValueError("require_memorization_index needs memorization_enabled")
+        return self
 
     @classmethod
     def coerce(cls, settings: SafetySettings | Mapping[str, Any] | Any) -> SafetySettings:

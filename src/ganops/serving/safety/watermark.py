@@ -12,6 +12,11 @@ Two carriers:
     whitening drawn from the key (SHAKE-256 of an HMAC of the key and the image shape: stable across numpy
     versions). Each value moves by at most 2 grey levels (mean 1). Message bits are spread over the image,
     each repeated ``values / message bits`` times; decoding takes a majority vote per bit.
+    The layout is drawn in chunks of ``LAYOUT_CHUNK`` (2^18) colour values, each from its own SHAKE-256 stream,
+    so embedding and verifying any image needs O(chunk) memory for it, never O(image) (an image of up to one
+    chunk, which covers every single sample up to 256 px RGB, has the layout it always had). Verification keeps
+    no per-shape state: an upload of a new shape costs time in proportion to its pixels and nothing afterwards.
+    Embedding caches each shape's target residues (1 byte per value) up to ``TARGET_CACHE_BYTES`` in all.
     Exact under PNG (lossless). Not designed to survive JPEG, resizing or cropping: after JPEG a small image
     verifies as ``present=False`` (see docs/safety.md for measured rates).
 
@@ -33,13 +38,15 @@ import hashlib
 import hmac
 import logging
 import struct
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DWT_MIN_PIXELS", "TAG_BITS", "WatermarkError", "WatermarkResult", "Watermarker"]
+__all__ = ["DWT_MIN_PIXELS", "LAYOUT_CHUNK", "TAG_BITS", "WatermarkError", "WatermarkResult", "Watermarker"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +54,11 @@ TAG_BITS = 32
 QIM_STEP = 4
 DWT_MIN_PIXELS = 256 * 256
 MIN_KEY_BYTES = 16
+# Colour values per layout chunk: a chunk's layout (keys, permutation, dither) is a few MB at most, whatever the
+# image. 2^18 >= 256 x 256 x 3: every single sample the server makes keeps the one-chunk layout.
+LAYOUT_CHUNK = 1 << 18
+# Bytes of cached embedding targets (1 byte per colour value) per Watermarker; least recently used go first.
+TARGET_CACHE_BYTES = 64 << 20
 
 
 class WatermarkError(ValueError):
@@ -65,9 +77,12 @@ class WatermarkResult:
 
 @dataclass(frozen=True)
 class _Layout:
-    bit_of_value: np.ndarray  # message-bit index carried by each colour value (flattened HWC order)
-    whitening: np.ndarray  # 0/1 per value
-    dither: np.ndarray  # 0..QIM_STEP-1 per value
+    """The layout of one chunk of colour values (flattened HWC order) starting at ``start``."""
+
+    start: int
+    bit_of_value: np.ndarray  # message-bit index carried by each value (uint8: message_bits <= 96)
+    whitening: np.ndarray  # 0/1 per value (uint8)
+    dither: np.ndarray  # 0..QIM_STEP-1 per value (uint8)
 
 
 def _bits(data: bytes, count: int) -> np.ndarray:
@@ -121,8 +136,9 @@ class Watermarker:
         self.min_score = min_score
         self.use_dwt = use_dwt
         self.dwt_min_agreement = dwt_min_agreement
-        self._layouts: dict[tuple[int, int, int], _Layout] = {}
-        self._targets: dict[tuple[tuple[int, int, int], str], np.ndarray] = {}
+        self._targets: OrderedDict[tuple[tuple[int, int, int], str], np.ndarray] = OrderedDict()
+        self._target_bytes = 0
+        self._targets_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the key
         return f"Watermarker(payload_bits={self.payload_bits}, model_id={self.model_id!r})"
@@ -153,21 +169,31 @@ class Watermarker:
 
     # -------------------------------------------------------------------------------------------- layout
 
-    def _layout(self, shape: tuple[int, int, int]) -> _Layout:
-        layout = self._layouts.get(shape)
-        if layout is None:
-            n = shape[0] * shape[1] * shape[2]
-            seed = self._mac(b"layout", struct.pack("<III", *shape))
-            stream = hashlib.shake_256(seed).digest(9 * n)
-            order = np.argsort(np.frombuffer(stream[: 8 * n], dtype="<u8"), kind="stable")
-            bit_of_value = np.empty(n, dtype=np.int64)
-            bit_of_value[order] = np.arange(n) % self.message_bits
-            extra = np.frombuffer(stream[8 * n :], dtype=np.uint8)
-            layout = _Layout(bit_of_value, (extra & 1).astype(np.int64), ((extra >> 1) % QIM_STEP).astype(np.int64))
-            if len(self._layouts) > 64:
-                self._layouts.clear()
-            self._layouts[shape] = layout
-        return layout
+    def _layouts(self, shape: tuple[int, int, int]) -> Iterator[_Layout]:
+        """The layout of an image of ``shape`` (colour channels only), chunk by chunk; nothing is kept.
+
+        One chunk (``values <= LAYOUT_CHUNK``): the stream is SHAKE-256 of ``HMAC(key, "layout", shape)``, its
+        first 8 bytes per value are sort keys whose order deals the message bits out in turn (so every bit gets
+        ``values / message_bits`` values, give or take one) and the last byte per value gives whitening and dither.
+        More chunks: chunk ``j`` does the same with its own stream (``HMAC(key, "layout-chunk", shape, j)``),
+        dealing on from where chunk ``j - 1`` stopped, so the bits stay exactly as balanced.
+        """
+        n = shape[0] * shape[1] * shape[2]
+        chunks = max(1, -(-n // LAYOUT_CHUNK))
+        for j in range(chunks):
+            start = j * LAYOUT_CHUNK
+            size = min(LAYOUT_CHUNK, n - start)
+            if chunks == 1:
+                seed = self._mac(b"layout", struct.pack("<III", *shape))
+            else:
+                seed = self._mac(b"layout-chunk", struct.pack("<IIII", *shape, j))
+            stream = hashlib.shake_256(seed).digest(9 * size)
+            order = np.argsort(np.frombuffer(stream, dtype="<u8", count=size), kind="stable")
+            bit_of_value = np.empty(size, dtype=np.uint8)
+            bit_of_value[order] = (np.arange(start, start + size, dtype=np.int64) % self.message_bits).astype(np.uint8)
+            del order
+            extra = np.frombuffer(stream, dtype=np.uint8, offset=8 * size)
+            yield _Layout(start, bit_of_value, extra & 1, (extra >> 1) % QIM_STEP)
 
     @staticmethod
     def _colour(pixels: np.ndarray) -> np.ndarray:
@@ -216,18 +242,30 @@ class Watermarker:
         return marked
 
     def _target(self, shape: tuple[int, int, int], model_id: str) -> np.ndarray:
-        """Per colour value, the residue mod ``QIM_STEP`` the embedded value must have (cached per shape and id)."""
+        """Per colour value, the residue mod ``QIM_STEP`` the embedded value must have (uint8; cached per shape and
+        id within ``TARGET_CACHE_BYTES``: only shapes this server generates get here, never uploads)."""
         key = (shape, model_id)
-        target = self._targets.get(key)
-        if target is None:
-            layout = self._layout(shape)
-            message = self._message(model_id)
-            residue = (layout.dither + QIM_STEP // 2 * (message[layout.bit_of_value] ^ layout.whitening)) % QIM_STEP
-            target = residue.astype(np.int16)
-            target.setflags(write=False)
-            if len(self._targets) > 64:
-                self._targets.clear()
-            self._targets[key] = target
+        with self._targets_lock:
+            target = self._targets.get(key)
+            if target is not None:
+                self._targets.move_to_end(key)
+                return target
+        message = self._message(model_id)
+        target = np.empty(shape[0] * shape[1] * shape[2], dtype=np.uint8)
+        for chunk in self._layouts(shape):
+            end = chunk.start + len(chunk.bit_of_value)
+            target[chunk.start : end] = (
+                chunk.dither + QIM_STEP // 2 * (message[chunk.bit_of_value] ^ chunk.whitening)
+            ) % QIM_STEP
+        target.setflags(write=False)
+        if target.nbytes <= TARGET_CACHE_BYTES // 4:
+            with self._targets_lock:
+                if key not in self._targets:
+                    self._targets[key] = target
+                    self._target_bytes += target.nbytes
+                while self._target_bytes > TARGET_CACHE_BYTES:
+                    _, dropped = self._targets.popitem(last=False)
+                    self._target_bytes -= dropped.nbytes
         return target
 
     def _qim_embed_many(self, colour: np.ndarray, model_id: str) -> np.ndarray:
@@ -263,16 +301,22 @@ class Watermarker:
         return dwt if dwt.present else result
 
     def _qim_verify(self, colour: np.ndarray) -> WatermarkResult:
-        layout = self._layout((colour.shape[0], colour.shape[1], colour.shape[2]))
-        x = colour.reshape(-1).astype(np.int64)
-        residue = (x - layout.dither) % QIM_STEP
-        decided = (residue % 2) == 0  # residues 1 and 3 lie between the two lattices: erasures
-        bit = (residue // 2) ^ layout.whitening
-        ones = np.bincount(layout.bit_of_value[decided], weights=bit[decided], minlength=self.message_bits)
-        votes = np.bincount(layout.bit_of_value[decided], minlength=self.message_bits).astype(np.float64)
+        """Majority vote per message bit over every chunk, then the tag check. One pass, O(chunk) extra memory:
+        the share of values agreeing with the decoded message is, per bit, the larger of its ones and its zeros."""
+        flat = colour.reshape(-1)  # a view for RGB/grey; one uint8 copy for the colour of RGBA
+        ones = np.zeros(self.message_bits, dtype=np.int64)
+        votes = np.zeros(self.message_bits, dtype=np.int64)
+        for chunk in self._layouts((colour.shape[0], colour.shape[1], colour.shape[2])):
+            x = flat[chunk.start : chunk.start + len(chunk.bit_of_value)]
+            residue = (x - chunk.dither) % QIM_STEP  # uint8 wraps modulo 256, a multiple of QIM_STEP
+            decided = (residue % 2) == 0  # residues 1 and 3 lie between the two lattices: erasures
+            bits = chunk.bit_of_value[decided]
+            ones += np.bincount(bits, weights=(residue[decided] // 2) ^ chunk.whitening[decided],
+                                minlength=self.message_bits).astype(np.int64)
+            votes += np.bincount(bits, minlength=self.message_bits)
         message = (ones * 2 > votes).astype(np.uint8)
-        agree = decided & (bit == message[layout.bit_of_value])
-        score = float(agree.mean())
+        agree = np.where(message == 1, ones, votes - ones).sum()
+        score = float(agree / max(1, flat.size))
         payload, tag_ok, _ = self._split(message)
         present = bool(tag_ok and (votes > 0).all() and score >= self.min_score)
         return WatermarkResult(present, score, payload.hex() if present else None, "keyed-qim")

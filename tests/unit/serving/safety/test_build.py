@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +74,10 @@ def test_settings_reach_the_filters(tmp_path: Path) -> None:
     assert [d.blocked_by for d in decisions] == ["memorization", None, None, "degenerate"]
     assert all(d.replaced for d in decisions if not d.allowed)
     assert counts[("memorization", "block")] == 1 and counts[("degenerate", "block")] == 1
-    assert len(list((tmp_path / "audit").rglob("r-9.jsonl"))) == 1
+    pipeline.audit_sink.flush()
+    (segment,) = (tmp_path / "audit").rglob("*.jsonl")
+    (record,) = [json.loads(line) for line in segment.read_text().splitlines()]
+    assert record["request_id"] == "r-9" and record["blocked"] == 2
 
 
 def test_unknown_settings_are_rejected() -> None:

@@ -1,4 +1,5 @@
-"""SafetyPipeline: order, short-circuit, fail-closed, replace mode, audit records in a file:// store, metrics."""
+"""SafetyPipeline: order, short-circuit, fail-closed, replace mode, audit records (one per request, hash-chained
+segments in a file:// store), metrics."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ganops.serving.safety import (
     Verdict,
     make_samples,
 )
-from ganops.serving.safety.audit import audit_object_uri, safe_request_id
+from ganops.serving.safety.audit import read_audit_lines, safe_request_id, segment_uri, verify_records
 from ganops.serving.safety.pipeline import sample_sha256
 
 CTX = RequestContext("req-1", model_name="digits", model_version="3", label=None, api_key_id="key-7")
@@ -177,58 +178,72 @@ def test_a_failing_callback_or_sink_does_not_break_the_request() -> None:
     assert [d.allowed for d in decisions] == [False, True]
 
 
-def test_audit_records_blocked_samples_only() -> None:
+def test_audit_records_one_record_per_request_with_blocked_samples() -> None:
     sink = ListAuditSink()
     samples = images(3)
-    SafetyPipeline([Recording("first", {2})], audit_sink=sink).run(samples, CTX)
-    assert sink.flushes == 1
+    SafetyPipeline([Recording("first", {2}), Recording("second", {0})], audit_sink=sink).run(samples, CTX)
     (record,) = sink.records
     assert record["request_id"] == "req-1" and record["model"] == "digits" and record["version"] == "3"
-    assert record["filter"] == "first" and record["reason"] == "first says no" and record["score"] == 0.9
-    assert record["sample_index"] == 2 and record["sample_sha256"] == sample_sha256(samples[2])
-    assert record["api_key_id"] == "key-7"
-    # Nothing blocked: no flush at all.
+    assert record["api_key_id"] == "key-7" and record["samples"] == 3 and record["blocked"] == 2
+    # Every verdict counted per filter: "first" saw 3 samples, "second" the 2 that "first" let through.
+    assert record["verdicts"] == {"first": {"pass": 2, "block": 1}, "second": {"pass": 1, "block": 1}}
+    by_index = {b["index"]: b for b in record["blocked_samples"]}
+    assert sorted(by_index) == [0, 2]
+    assert by_index[2]["filter"] == "first" and by_index[2]["reason"] == "first says no" and by_index[2]["score"] == 0.9
+    assert by_index[2]["sha256"] == sample_sha256(samples[2]) and by_index[0]["filter"] == "second"
+    # Nothing blocked: no record at all.
     SafetyPipeline([Recording("first")], audit_sink=sink).run(images(2), CTX)
-    assert sink.flushes == 1
+    assert len(sink.records) == 1
 
 
-def test_object_store_audit_sink_writes_json_lines_to_a_file_store(tmp_path: Path) -> None:
+def test_object_store_audit_sink_writes_chained_segments_off_the_callers_thread(tmp_path: Path) -> None:
     audit_uri = f"file://{tmp_path}/audit"
-    sink = ObjectStoreAuditSink(audit_uri)
+    sink = ObjectStoreAuditSink(audit_uri, flush_interval_s=60)
     samples = images(4)
     pipeline = SafetyPipeline([Recording("degenerate", {0}), Recording("nsfw", {3})], audit_sink=sink)
     pipeline.run(samples, CTX)
-
-    files = list((tmp_path / "audit").rglob("*.jsonl"))
-    assert len(files) == 1
+    pipeline.run(images(2), RequestContext("req-2"))
+    assert not list((tmp_path / "audit").rglob("*.jsonl"))  # queued, not written on the request's thread
+    sink.flush()
+    (path,) = (tmp_path / "audit").rglob("*.jsonl")
     today = dt.datetime.now(dt.UTC)
-    assert files[0].relative_to(tmp_path / "audit").as_posix() == f"{today:%Y}/{today:%m}/{today:%d}/req-1.jsonl"
-    lines = [json.loads(line) for line in files[0].read_text().splitlines()]
-    assert [(r["sample_index"], r["filter"]) for r in lines] == [(0, "degenerate"), (3, "nsfw")]
-    for record in lines:
-        assert {"time", "model", "version", "filter", "reason", "score", "sample_sha256"} <= set(record)
-        assert "pixels" not in record and "content" not in record  # no image data by default
-        dt.datetime.fromisoformat(record["time"])
-    assert lines[0]["sample_sha256"] == sample_sha256(samples[0])
-
-    # A second batch for the same request is appended, not overwritten.
-    pipeline.run(images(2), CTX)
-    assert len(files[0].read_text().splitlines()) == 3
+    expected = f"{today:%Y}/{today:%m}/{today:%d}/{sink.chain}-0000000000.jsonl"
+    assert path.relative_to(tmp_path / "audit").as_posix() == expected
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["request_id"] for r in lines] == ["req-1", "req-2"] and [r["seq"] for r in lines] == [0, 1]
+    assert lines[1]["prev"] == lines[0]["hash"] and lines[0]["prev"] == "0" * 64
+    first = lines[0]
+    assert [(b["index"], b["filter"]) for b in first["blocked_samples"]] == [(0, "degenerate"), (3, "nsfw")]
+    assert all("pixels" not in b and "content" not in b for b in first["blocked_samples"])  # no image data
+    dt.datetime.fromisoformat(first["time"])
+    assert first["blocked_samples"][0]["sha256"] == sample_sha256(samples[0])
+    # A later flush is a new object: nothing is read back or rewritten.
+    pipeline.run(images(1), RequestContext("req-3"))
+    sink.flush()
+    paths = sorted((tmp_path / "audit").rglob("*.jsonl"))
+    assert len(paths) == 2 and paths[0].read_text().count("\n") == 2
+    report = verify_records(read_audit_lines(audit_uri))
+    assert report.intact and report.records == 3 and report.chains == {sink.chain: 3}
+    sink.close()
 
 
 def test_object_store_audit_sink_can_include_pixels(tmp_path: Path) -> None:
     sink = ObjectStoreAuditSink(f"file://{tmp_path}", include_pixels=True)
     samples = images(2, size=8, channels=3)
     SafetyPipeline([Recording("f", {1})], audit_sink=sink).run(samples, RequestContext("weird/../id with spaces"))
+    sink.flush()
     (path,) = tmp_path.rglob("*.jsonl")
-    assert path.name == "weird_.._id_with_spaces.jsonl"
     record = json.loads(path.read_text())
-    png = base64.b64decode(record["content"]["png_base64"])
+    assert record["request_id"] == "weird/../id with spaces"
+    png = base64.b64decode(record["blocked_samples"][0]["content"]["png_base64"])
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(png))), samples[1].pixels)
+    sink.close()
 
 
 def test_audit_paths_are_safe() -> None:
     assert safe_request_id("../../etc/passwd") == "_.._etc_passwd"
     assert safe_request_id("") == "unknown"
     when = dt.datetime(2026, 3, 4, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
-    assert audit_object_uri("s3://b/audit/", "r1", when) == "s3://b/audit/2026/03/05/r1.jsonl"  # UTC date
+    assert segment_uri("s3://b/audit/", "c/../1", 7, when) == "s3://b/audit/2026/03/05/c_.._1-0000000007.jsonl"  # UTC
+
+
