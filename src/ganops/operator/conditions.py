@@ -101,6 +101,18 @@ def apply_action_error(status: GanTrainingJobStatus, what: str, message: str, no
     return st.status, st.events
 
 
+def apply_name_in_use(status: GanTrainingJobStatus, what: str, why: str, now: dt.datetime) -> tuple[
+        GanTrainingJobStatus, list[Event]]:
+    """A child's name is taken by an object that is not this job's (a deleted namesake's, until the garbage
+    collector removes it): wait, and say so once."""
+    st = StatusBuilder(status, now)
+    message = f"{what} exists but {why}; waiting for it to go"
+    if st.condition("ChildrenReady", False, "NameInUse", message):
+        st.event("Normal", "NameInUse", message)
+    st.status.message = message
+    return st.status, st.events
+
+
 def clear_action_error(status: GanTrainingJobStatus, now: dt.datetime) -> GanTrainingJobStatus:
     st = StatusBuilder(status, now)
     st.condition_off("ChildrenReady", "Created", "")

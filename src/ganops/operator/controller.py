@@ -37,8 +37,8 @@ from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VER
 from ganops.operator import children, conditions, metrics, progress, registry
 from ganops.operator import reconcile as decide
 from ganops.operator.conditions import FINISHED, Event
-from ganops.operator.kube import Kube, KubeError
-from ganops.operator.observe import JobView, PodView, format_time
+from ganops.operator.kube import Kube, KubeError, plural_of
+from ganops.operator.observe import JobView, PodView, format_time, owned
 from ganops.operator.plan import (
     Action,
     ClearAnnotation,
@@ -64,6 +64,7 @@ Key = tuple[str, str]
 # jitter: the loops of different jobs already wake at different times, and the delays stay predictable.
 ERROR_BACKOFF = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=60.0, jitter=False)
 PERMANENT_ERROR_SECONDS = 300.0
+NAME_IN_USE_SECONDS = 2.0  # a child's name is held by a deleted namesake's object: look again soon
 IDLE_FACTOR = 10  # finished jobs wake up every IDLE_FACTOR × resync (events wake them at once)
 
 
@@ -185,7 +186,8 @@ class Controller:
         memory.seen = snap.seen
         spec, problems = self._spec(snap, memory)
         current = memory.status if memory.status is not None else dict(snap.status)
-        job_view = _pick_job(snap.jobs, children.job_name(snap.name))
+        jobs, pods = owned(snap.uid, snap.jobs, snap.pods)  # never a deleted namesake's children
+        job_view = _pick_job(jobs, children.job_name(snap.name))
         if job_view is not None:
             memory.job_seen_attempt = max(memory.job_seen_attempt or 0, job_view.attempt)
         ckpt = children.checkpoint_uri(spec, self.config) if spec is not None else None
@@ -197,7 +199,7 @@ class Controller:
             name=snap.name, namespace=snap.namespace, uid=snap.uid, generation=snap.generation, spec=spec,
             status=status, problems=problems, annotations=snap.annotations,
         )
-        observed = Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
+        observed = Observed(job=job_view, pods=pods, record_expected=ckpt is not None)
         since = None if memory.record_read_at is None else time.monotonic() - memory.record_read_at
         if ckpt is not None and progress.wants_record(job_input, observed, seconds_since_read=since,
                                                       policy=self.policy):
@@ -206,7 +208,7 @@ class Controller:
                 memory.record_read_at = time.monotonic()
             else:
                 log.warning("cannot read latest.json of %s/%s: %s", snap.namespace, snap.name, error)
-            observed = Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
+            observed = Observed(job=job_view, pods=pods, record=record, record_error=error,
                                 record_expected=True)
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
@@ -281,8 +283,11 @@ class Controller:
             return self._ensure_children(action, snap, spec, status_now, now)
         if isinstance(action, SyncJobFile):
             assert spec is not None
+            name = children.configmap_name(snap.name)
+            if children.holder(self.kube.get("v1", "configmaps", snap.namespace, name), snap.uid) is not None:
+                return status_now, [], None  # not ours (or gone): the next attempt creates its own
             try:
-                self.kube.patch("v1", "configmaps", snap.namespace, children.configmap_name(snap.name),
+                self.kube.patch("v1", "configmaps", snap.namespace, name,
                                 {"data": children.configmap(_owner(snap), spec)["data"]})
             except KubeError as exc:
                 if not exc.not_found:
@@ -319,6 +324,13 @@ class Controller:
                 self.kube.create(obj, snap.namespace)
             except KubeError as exc:
                 if exc.conflict:
+                    name = obj["metadata"]["name"]
+                    existing = self.kube.get(obj["apiVersion"], plural_of(obj["apiVersion"], obj["kind"]),
+                                             snap.namespace, name)
+                    why = children.holder(existing, snap.uid)
+                    if why is not None:  # a namesake's child: never patch or adopt it, wait until it is gone
+                        new, events = conditions.apply_name_in_use(status_now, f"{obj['kind']} {name}", why, now)
+                        return new, events, NAME_IN_USE_SECONDS
                     if obj["kind"] == "ConfigMap":  # keep the job file in step with the spec
                         self.kube.patch("v1", "configmaps", snap.namespace, obj["metadata"]["name"],
                                         {"data": obj["data"]})

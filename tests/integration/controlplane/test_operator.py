@@ -9,13 +9,13 @@ collector. Pods that never start are observed as they are today (the fixes are i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
+from tests.integration.controlplane.conftest import CHECKPOINTS, OperatorFactory
 from tests.support.controlplane import ControlPlane, wait_gone
 from tests.support.controlplane.fixtures import NODE_NAME
 from tests.support.jobs import grid_job
@@ -25,32 +25,6 @@ from tests.support.node import Node
 
 GTJ = "ganops.io/v1alpha1"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-
-OperatorFactory = Callable[..., KopfProcess]
-CHECKPOINTS = "checkpoints"  # under the test's tmp_path: the operator and the pods share this machine's files
-
-
-@pytest.fixture
-def start_operator(cp_kube: KubeClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,
-                   tmp_path: Path) -> Iterator[OperatorFactory]:
-    """`kopf run` as a subprocess with the admin kubeconfig, watching the test's namespace (the chart's
-    ServiceAccount and RBAC come with issue 14's second half)."""
-    processes: list[KopfProcess] = []
-
-    def start(**env: str) -> KopfProcess:
-        process = KopfProcess(cp_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
-        processes.append(process)
-        return process.start({
-            "GANOPS_CHECKPOINT_URI": f"file://{tmp_path / CHECKPOINTS}",
-            "GANOPS_OPERATOR_RESYNC_SECONDS": "1",
-            "GANOPS_OPERATOR_METRICS_PORT": "0",
-            "GANOPS_TERMINATION_GRACE_SECONDS": "10",
-            **env,
-        })
-
-    yield start
-    for process in processes:
-        process.close()
 
 
 def _status(kube: KubeClient, ns: str, name: str) -> dict[str, Any]:
