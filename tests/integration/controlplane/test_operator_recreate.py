@@ -65,17 +65,14 @@ def test_reapplied_job_waits_for_its_namesakes_children_and_never_adopts_them(
     new_uid = cp_kube.get(GTJ, "GanTrainingJob", ns, name)["metadata"]["uid"]
     assert new_uid != old_uid
 
-    def waiting() -> dict[str, Any] | None:
-        ready = _condition(_status(cp_kube, ns, name), "ChildrenReady")
-        return ready if ready.get("reason") == "NameInUse" else None
-
-    ready: dict[str, Any] = cp_kube.wait_for(waiting, timeout=60, message=diagnostics)
-    assert ready["status"] == "False" and f"ConfigMap {name}-spec" in ready["message"], ready
-    assert old_uid in ready["message"], ready
+    cp_kube.wait_for(lambda: _status(cp_kube, ns, name).get("phase"), timeout=60, message=diagnostics)
     time.sleep(3)  # a few resyncs (1 s) while the name is held
     held = cp_kube.get("v1", "ConfigMap", ns, f"{name}-spec")
     assert held["data"] == old_file, "the old job's ConfigMap was patched with the new job's file"
     assert _owner_uids(held) == [old_uid]
+    ready = _condition(_status(cp_kube, ns, name), "ChildrenReady")
+    assert (ready.get("status"), ready.get("reason")) == ("False", "NameInUse"), ready
+    assert f"ConfigMap {name}-spec" in ready["message"] and old_uid in ready["message"], ready
     status = _status(cp_kube, ns, name)
     assert status.get("phase") != "Succeeded" and status.get("attempt") == 1, status
     old_job = cp_kube.get("batch/v1", "Job", ns, name)
