@@ -192,6 +192,9 @@ class PromotionSpec(_Wire):
 class RunPolicySpec(_Wire):
     backoff_limit: int = Field(3, ge=0, le=100, description="Application failures tolerated; preemptions are free.")
     active_deadline_seconds: int | None = Field(None, ge=1)
+    start_timeout_seconds: int | None = Field(
+        None, ge=1, description="How long an attempt's pods may take to start (from the Job's start: after Kueue "
+        "admits it) before the attempt fails with the reason they are waiting for; unset: they may wait forever.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
 

@@ -48,13 +48,16 @@ class StatusBuilder:
         self.status.conditions = list(self.status.conditions)  # always written, as it always was
         self.now = now
         self.events: list[Event] = []
+        self.reason_changed = False  # whether the last condition() call changed that condition's reason
 
     def condition(self, type_: str, value: bool | ConditionStatus, reason: str, message: str = "") -> bool:
         """Set a condition; True when its status changed (lastTransitionTime moves only then)."""
         wanted: ConditionStatus = value if isinstance(value, str) else ("True" if value else "False")
+        self.reason_changed = False
         for condition in self.status.conditions:
             if condition.type == type_:
                 changed = condition.status != wanted
+                self.reason_changed = condition.reason != reason
                 condition.status, condition.reason, condition.message = wanted, reason, message
                 if changed or not condition.last_transition_time:
                     condition.last_transition_time = format_time(self.now)

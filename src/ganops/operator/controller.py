@@ -199,7 +199,8 @@ class Controller:
             name=snap.name, namespace=snap.namespace, uid=snap.uid, generation=snap.generation, spec=spec,
             status=status, problems=problems, annotations=snap.annotations,
         )
-        observed = Observed(job=job_view, pods=pods, record_expected=ckpt is not None)
+        failed_create = self._failed_create(snap, job_view, pods)
+        observed = Observed(job=job_view, pods=pods, record_expected=ckpt is not None, failed_create=failed_create)
         since = None if memory.record_read_at is None else time.monotonic() - memory.record_read_at
         if ckpt is not None and progress.wants_record(job_input, observed, seconds_since_read=since,
                                                       policy=self.policy):
@@ -209,7 +210,7 @@ class Controller:
             else:
                 log.warning("cannot read latest.json of %s/%s: %s", snap.namespace, snap.name, error)
             observed = Observed(job=job_view, pods=pods, record=record, record_error=error,
-                                record_expected=True)
+                                record_expected=True, failed_create=failed_create)
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
         new_status = plan.status
@@ -243,6 +244,23 @@ class Controller:
         if not outcome.gone:
             outcome.gone = not self._write_status(snap, memory, current, new_status.to_wire())
         return outcome
+
+    def _failed_create(self, snap: Snapshot, job: JobView | None, pods: tuple[PodView, ...]) -> str | None:
+        """The Job controller's newest FailedCreate event for a started Job that has no pod of its attempt: pods
+        refused at admission (a missing PriorityClass, a quota) exist nowhere else. Read only then."""
+        if (job is None or job.suspended or job.complete or job.failed_reason is not None or job.deleting
+                or job.active > 0 or not job.uid or any(pod.attempt == job.attempt for pod in pods)):
+            return None
+        try:
+            events = self.kube.list("v1", "events", snap.namespace,
+                                    field_selector=f"involvedObject.uid={job.uid},reason=FailedCreate")
+        except (KubeError, OSError) as exc:  # a reason is worth a retry, never a failed reconcile
+            log.warning("%s/%s: cannot read the Job's events: %s", snap.namespace, snap.name, exc)
+            return None
+        if not events:
+            return None
+        newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return str(newest.get("message") or "FailedCreate")
 
     def _post_events(self, snap: Snapshot, events: list[Event], now: dt.datetime) -> None:
         involved = {"apiVersion": API_VERSION, "kind": KIND, "name": snap.name, "namespace": snap.namespace,

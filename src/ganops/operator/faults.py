@@ -109,6 +109,33 @@ def attempt_outcome(
     return AttemptOutcome("pending")
 
 
+# Waiting reasons of a container that will not start by itself (the kubelet retries, nothing changes until someone
+# creates the Secret, fixes the image name, ...). ContainerCreating and PodInitializing are ordinary progress.
+STUCK_WAITING_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+                                   "CreateContainerConfigError", "CreateContainerError", "RunContainerError"})
+
+
+@dataclass(frozen=True)
+class NotStarting:
+    reason: str  # the kubelet's waiting reason, Unschedulable, or FailedCreate
+    message: str
+
+
+def not_starting(pods: Sequence[PodView], failed_create: str | None) -> NotStarting | None:
+    """Why the attempt's pods are not starting, when the cluster says so: a container stuck waiting (missing
+    Secret or ConfigMap, image pull), a pod the scheduler cannot place, or pods the Job controller could not create
+    (refused at admission: a missing PriorityClass, a quota). None while they are merely on their way."""
+    for pod in sorted(pods, key=lambda p: (p.index, p.name)):
+        if pod.phase == "Pending" and pod.waiting_reason in STUCK_WAITING_REASONS:
+            return NotStarting(pod.waiting_reason, f"pod {pod.name}: {pod.waiting_message or pod.waiting_reason}")
+    for pod in sorted(pods, key=lambda p: (p.index, p.name)):
+        if pod.phase == "Pending" and pod.unschedulable is not None:
+            return NotStarting("Unschedulable", f"pod {pod.name}: {pod.unschedulable}")
+    if failed_create and not any(not pod.terminal for pod in pods):
+        return NotStarting("FailedCreate", failed_create)
+    return None
+
+
 @dataclass(frozen=True)
 class Decision:
     action: Literal["relaunch", "fail"]

@@ -77,6 +77,9 @@ class PodView:
     deleting: bool = False
     owner_uid: str | None = None  # the GanTrainingJob's uid (annotation ganops.io/owner-uid), None on older pods
     job_uid: str | None = None  # the uid of the batch Job that created the pod
+    waiting_reason: str = ""  # the trainer container's waiting state: ImagePullBackOff, CreateContainerConfigError…
+    waiting_message: str = ""
+    unschedulable: str | None = None  # the scheduler's message while PodScheduled is False (Unschedulable)
 
     @property
     def terminal(self) -> bool:
@@ -98,9 +101,14 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
     annotations = meta.get("annotations") or {}
     status = body.get("status") or {}
     disruption = None
+    unschedulable = None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             disruption = str(condition.get("reason") or "DisruptionTarget")
+        if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"):
+            unschedulable = str(condition.get("message") or "Unschedulable")
+    waiting_reason = waiting_message = ""
     exit_code: int | None = None
     terminated_reason = ""
     started = None
@@ -117,6 +125,9 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
             finished = parse_time(term.get("finishedAt"))
         elif "running" in state:
             started = parse_time((state["running"] or {}).get("startedAt"))
+        elif "waiting" in state:
+            waiting_reason = str((state["waiting"] or {}).get("reason") or "")
+            waiting_message = str((state["waiting"] or {}).get("message") or "")
     if started is None and status.get("phase") in ("Running", "Succeeded", "Failed"):
         started = parse_time(status.get("startTime"))
     index = annotations.get(COMPLETION_INDEX_ANNOTATION, labels.get(COMPLETION_INDEX_ANNOTATION, "0"))
@@ -135,6 +146,9 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         deleting=bool(meta.get("deletionTimestamp")),
         owner_uid=annotations.get(ANNOTATION_OWNER_UID) or None,
         job_uid=controller_uid(meta, "Job"),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        unschedulable=unschedulable,
     )
 
 
@@ -158,6 +172,8 @@ class JobView:
     deleting: bool = False
     restarts: Mapping[str, int] = field(default_factory=dict)  # counters recorded at launch (annotation)
     owner_uid: str | None = None  # the GanTrainingJob that owns it (controller reference)
+    created: dt.datetime | None = None
+    started: dt.datetime | None = None  # status.startTime: set by the Job controller when it starts (un-suspended)
 
 
 def job_view(body: Mapping[str, Any]) -> JobView:
@@ -197,6 +213,8 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         deleting=bool(meta.get("deletionTimestamp")),
         restarts=restarts,
         owner_uid=controller_uid(meta, KIND, API_VERSION),
+        created=parse_time(meta.get("creationTimestamp")),
+        started=parse_time(status.get("startTime")),
     )
 
 
