@@ -543,3 +543,18 @@ def test_without_start_timeout_pods_may_wait_and_starting_clears_the_condition()
                          NOW + dt.timedelta(hours=5))
     assert wire(queued)["phase"] == "Pending" and cond(queued, "Running")["reason"] == "Queued"
     assert queued.actions == []
+
+
+@pytest.mark.parametrize("reason", ["Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
+                                    "UnexpectedAdmissionError"])
+def test_each_platform_reason_relaunches_without_spending_backoff(reason: str) -> None:
+    """The 7 pod.status.reason values of a pod the platform took (4 of them had no test: issue 14's mutation gap),
+    through the whole decision: a relaunch from the checkpoint, a preemption counted, backoffLimit untouched."""
+    status = running_status(spec_of(runPolicy={"backoffLimit": 0}))
+    taken = pod(phase="Failed", reason=reason, exit_code=1, terminated_reason="Error")
+    plan = R.reconcile(job_in(status, spec_of(runPolicy={"backoffLimit": 0})), Observed(job=kjob(), pods=(taken,)),
+                       NOW)
+    st = wire(plan)
+    assert st["phase"] == "Pending" and st["attempt"] == 2, st
+    assert st["restarts"] == {"preemptions": 1, "failures": 0}
+    assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and "Preempted" in reasons(plan)
