@@ -251,6 +251,20 @@ RULES: tuple[Rule, ...] = (
     Rule(
         model="GanTrainingJobSpec",
         node="spec",
+        field="podLabels",
+        cel=f"self.podLabels.all(k, k.matches(r'{QUALIFIED_NAME}') && !k.startsWith('ganops.io/') "
+        f"&& self.podLabels[k].matches(r'{LABEL_VALUE}'))",
+        check=lambda s: all(qualified_name(k) and not k.startswith("ganops.io/") and matches(LABEL_VALUE, v)
+                            for k, v in s.pod_labels.items()),
+        message="keys must be label keys ([prefix/]name) outside ganops.io/ (the operator's own) and values label "
+        "values (at most 63 letters, digits, '-', '_', '.')",
+        good=(_spec(podLabels={"team": "vision", "example.com/cost-center": "ml-1"}),),
+        bad=(_spec(podLabels={"ganops.io/job": "other"}), _spec(podLabels={"team": "a b"}),
+             _spec(podLabels={"bad key": "x"})),
+    ),
+    Rule(
+        model="GanTrainingJobSpec",
+        node="spec",
         field="queueName",
         cel=f"!has(self.queueName) || self.queueName.matches(r'{LABEL_VALUE}')",
         check=lambda s: s.queue_name is None or matches(LABEL_VALUE, s.queue_name),

@@ -114,6 +114,13 @@ def naming_problems(name: str, spec: GanTrainingJobSpec) -> list[str]:
     return problems
 
 
+def inherited_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The job's labels its children get (kopf.adopt copies the owner's labels): only ganops.io/* ones. Any other
+    label of the job - a kueue.x-k8s.io/* one, say - means something to a controller and must not spread to the
+    Job and its pods; pod labels are asked for explicitly (spec.podLabels)."""
+    return {key: value for key, value in labels.items() if key.startswith("ganops.io/")}
+
+
 def holder(obj: Mapping[str, Any] | None, uid: str) -> str | None:
     """Why an existing child of this name is not ours to use, or None when it is: it belongs to another
     GanTrainingJob (a deleted one of the same name, whose children the garbage collector has not removed yet), to
@@ -359,7 +366,7 @@ def training_job(
     job_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-    pod_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
+    pod_labels = {**spec.pod_labels, **labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     annotations = {ANNOTATION_RESTARTS: restarts_annotation(restarts or {})}
     if resume_from:
         annotations[ANNOTATION_RESUME_FROM] = resume_from

@@ -428,7 +428,7 @@ def _just_launched(memory: JobMemory, attempt: int) -> bool:
 
 
 def _owner(snap: Snapshot) -> children.Owner:
-    return children.Owner(snap.name, snap.namespace, snap.uid, dict(snap.labels))
+    return children.Owner(snap.name, snap.namespace, snap.uid, children.inherited_labels(snap.labels))
 
 
 def _pick_job(jobs: Iterable[JobView], name: str) -> JobView | None:

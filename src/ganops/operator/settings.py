@@ -40,6 +40,11 @@ from typing import Any
 
 from ganops.contracts import API_GROUP, LABEL_JOB, MLFLOW_TRACKING_URI_ENV
 
+# The oldest kopf the operator runs on (pyproject.toml's floor says the same; a test keeps them equal):
+# `settings.watching.label_selectors`, which `configure_kopf` sets so the Job and pod watches are filtered by the
+# API server, first appeared in kopf 1.45.0 (absent from 1.37.0, 1.40.0, 1.43.0 and 1.44.0's configuration.py); an
+# older kopf fails at startup with an AttributeError.
+KOPF_FLOOR = (1, 45)
 DEFAULT_IMAGE = "ghcr.io/ganops/trainer:0.1.0"
 FINALIZER = f"{API_GROUP}/finalizer"
 ANNOTATIONS_PREFIX = API_GROUP
