@@ -21,6 +21,7 @@ settings from it.
 | GANOPS_BUDGET_WARNING_FRACTION | 0.8 | share of the budget that raises the BudgetWarning event |
 | GANOPS_OPERATOR_METRICS_PORT | 8080 | the operator's Prometheus /metrics port; 0 disables it |
 | GANOPS_OPERATOR_REPLICAS | 1 | >1 turns kopf peering on (one active operator, the others on standby) |
+| GANOPS_OPERATOR_SCAN_CLUSTER | true | false: no namespace/CRD scanning (named `--namespace`s: not granted) |
 | GANOPS_OPERATOR_PEERING | ganops-operator | name of the KopfPeering object |
 | GANOPS_OPERATOR_POSTING_LEVEL | INFO | lowest level of Events posted (Normal is INFO, Warning is WARNING) |
 | GANOPS_OPERATOR_WORKERS | 8 | threads that run reconciles (API and object-store I/O) |
@@ -96,6 +97,7 @@ class OperatorConfig:
     budget_warning_fraction: float = 0.8
     metrics_port: int = 8080
     replicas: int = 1
+    scan_cluster: bool = True  # kopf's namespace and CRD scanning (needs cluster-wide list/watch on namespaces)
     peering_name: str = "ganops-operator"
     posting_level: int = logging.INFO
     workers: int = 8
@@ -173,6 +175,7 @@ class OperatorConfig:
             budget_warning_fraction=number("GANOPS_BUDGET_WARNING_FRACTION", 0.8, low=0.0, high=1.0),
             metrics_port=int(number("GANOPS_OPERATOR_METRICS_PORT", 8080, low=0, high=65535, whole=True)),
             replicas=int(number("GANOPS_OPERATOR_REPLICAS", 1, low=1, high=100, whole=True)),
+            scan_cluster=_flag(text("GANOPS_OPERATOR_SCAN_CLUSTER"), "GANOPS_OPERATOR_SCAN_CLUSTER", problems),
             peering_name=text("GANOPS_OPERATOR_PEERING", "ganops-operator") or "ganops-operator",
             posting_level=level,
             workers=int(number("GANOPS_OPERATOR_WORKERS", 8, low=1, high=256, whole=True)),
@@ -180,6 +183,15 @@ class OperatorConfig:
         if problems:
             raise ConfigError(problems)
         return config
+
+
+def _flag(raw: str | None, name: str, problems: list[str], default: bool = True) -> bool:
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    problems.append(f"{name} must be true or false (got {raw!r})")
+    return default
 
 
 def _parse_toleration(raw: str, problems: list[str]) -> Toleration | None:
@@ -215,6 +227,8 @@ def configure_kopf(settings: Any, config: OperatorConfig) -> None:
     settings.watching.server_timeout = settings.watching.server_timeout or 300
     settings.watching.client_timeout = settings.watching.client_timeout or 330
     settings.execution.max_workers = max(settings.execution.max_workers or 0, config.workers)
+    # Named namespaces only (the chart's watchNamespaces): nothing to scan, and no RBAC to list namespaces with.
+    settings.scanning.disabled = not config.scan_cluster
     if config.replicas > 1:
         settings.peering.standalone = False
         settings.peering.mandatory = True

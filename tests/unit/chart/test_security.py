@@ -136,7 +136,10 @@ def test_operator_gets_what_it_needs_and_no_more() -> None:
     assert _grants(rules, "ganops.io", "gantrainingjobs/status") == {"get", "patch"}
     assert _grants(rules, "batch", "jobs") == {"get", "list", "watch", "create", "delete"}
     assert _grants(rules, "", "pods") == {"get", "list", "watch"}  # never changes pods
-    assert _grants(rules, "", "events") == {"create", "patch"}
+    assert _grants(rules, "", "events") == {"list", "create", "patch"}  # list: the Jobs' FailedCreate events
+    # get: whose the object behind a 409 is (a deleted namesake's is waited for); never deleted (the GC does that)
+    assert _grants(rules, "", "configmaps") == {"get", "create", "patch"}
+    assert _grants(rules, "", "services") == {"get", "create"}
     assert _grants(rules, "", "namespaces") == {"list", "watch"}
     assert _grants(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
     assert _grants(rules, "kopf.dev", "clusterkopfpeerings") == set()  # one replica: no peering
