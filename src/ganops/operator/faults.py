@@ -148,6 +148,17 @@ def not_starting(pods: Sequence[PodView], failed_create: str | None) -> NotStart
     return None
 
 
+def suspended_after_start(job: JobView, pods: Sequence[PodView], *, was_running: bool) -> AttemptOutcome | None:
+    """Kueue preempts an admitted workload by suspending its Job in place: the Job controller deletes the pods (the
+    trainer checkpoints on SIGTERM and exits 0, so some indexes may even count as completed) and the Job waits to
+    be admitted again with what is left. That is a disruption: the attempt is over, the next one starts whole from
+    the checkpoint. A Job suspended before it ever ran is merely queued (None)."""
+    if not job.suspended or job.deleting or not (was_running or any(pod.started is not None for pod in pods)):
+        return None
+    return AttemptOutcome("disrupted", "SuspendedByQueue",
+                          f"Job {job.name} was suspended after it started (preempted by its queue)")
+
+
 def _by_signal(fate: PodFate) -> bool:
     return fate.reason.startswith("TerminatedBySignal")
 

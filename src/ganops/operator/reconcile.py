@@ -275,6 +275,10 @@ def _outcome(
     current_pods: list[PodView],
 ) -> None:
     """What the attempt's pods say: pending, running, succeeded, or a fault to relaunch after (or fail on)."""
+    preempted = faults.suspended_after_start(job_obj, current_pods, was_running=st.phase == "Running")
+    if preempted is not None:
+        _after_fault(st, plan, job, spec, observed, preempted, attempt=attempt, restarts=restarts)
+        return
     outcome = faults.attempt_outcome(job_obj, current_pods, replicas=spec.resources.replicas,
                                      total_steps=spec.training.steps, record=observed.record)
     if outcome.kind == "succeeded" and observed.record is None and observed.record_error is not None:

@@ -558,3 +558,20 @@ def test_each_platform_reason_relaunches_without_spending_backoff(reason: str) -
     assert st["phase"] == "Pending" and st["attempt"] == 2, st
     assert st["restarts"] == {"preemptions": 1, "failures": 0}
     assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and "Preempted" in reasons(plan)
+
+
+def test_a_job_suspended_after_it_started_is_relaunched_as_a_preemption() -> None:
+    """Issue 14, finding 6: Kueue preempts by suspending the Job in place; its pods exit 0 after their checkpoint,
+    so the indexes may count as completed. The attempt is a disruption: a new, whole attempt, backoff not spent."""
+    spec = spec_of(queueName="team-a")
+    status = running_status(spec)
+    stopped = pod(phase="Succeeded", exit_code=0, finished=NOW)
+    plan = R.reconcile(job_in(status, spec), Observed(job=kjob(suspended=True, succeeded=1), pods=(stopped,)), NOW)
+    st = wire(plan)
+    assert st["attempt"] == 2 and st["restarts"] == {"preemptions": 1, "failures": 0}, st
+    assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and "Preempted" in reasons(plan)
+    assert "suspended after it started" in st["message"]
+    # a Job that never ran is only queued
+    fresh = R.reconcile(job_in(spec=spec), Observed(), NOW).status
+    queued = R.reconcile(job_in(fresh, spec), Observed(job=kjob(suspended=True)), NOW)
+    assert queued.actions == [] and cond(queued, "Running")["reason"] == "Queued"
