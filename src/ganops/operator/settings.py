@@ -26,9 +26,10 @@ settings from it.
 | GANOPS_OPERATOR_POSTING_LEVEL | INFO | lowest level of Events posted (Normal is INFO, Warning is WARNING) |
 | GANOPS_OPERATOR_WORKERS | 8 | threads that run reconciles (API and object-store I/O) |
 
-Which namespaces are watched is kopf's own choice, also set by environment: `KOPF_RUN_CLUSTERWIDE=true` (what
-`--all-namespaces` does) or `KOPF_RUN_NAMESPACE="team-a,team-b"` (comma-separated globs, `!` excludes; what
-`--namespace` does). The Deployment in manifests/operator sets the first.
+Which namespaces are watched is kopf's own choice, by argument: `--all-namespaces`, or one `--namespace=<name>` per
+namespace (the chart's `operator.watchNamespaces`; with GANOPS_OPERATOR_SCAN_CLUSTER=false, since that mode's RBAC
+grants no namespace listing). Not a comma list: kopf reads `team-a,team-b` as one pattern of globs, which only a
+namespace listing resolves; without that permission it watches nothing (issue 14, finding 1).
 """
 
 from __future__ import annotations
