@@ -22,6 +22,9 @@ LABEL_JOB: Final = "ganops.io/job"  # on every child of a job: its name
 LABEL_ATTEMPT: Final = "ganops.io/attempt"  # on the Job and its pods: the attempt number
 ANNOTATION_RESTARTS: Final = "ganops.io/restarts"  # on the Job: restart counters at launch (JSON)
 ANNOTATION_RESUME_FROM: Final = "ganops.io/resume-from"  # on the Job: the checkpoint it resumes from
+# on the Job's pods: the uid of the GanTrainingJob they belong to (a job deleted and re-created under the same name has
+# a new uid; its predecessor's pods, still terminating, must not count as the new job's)
+ANNOTATION_OWNER_UID: Final = "ganops.io/owner-uid"
 ANNOTATION_PROMOTE: Final = "ganops.io/promote"  # on a job: "true" (gates apply) or "force"
 ANNOTATION_ROLLBACK_TO: Final = "ganops.io/rollback-to"  # on a job: a model version to point the alias back at
 COMPLETION_INDEX_ANNOTATION: Final = "batch.kubernetes.io/job-completion-index"

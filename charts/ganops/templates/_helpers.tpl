@@ -235,16 +235,19 @@ ganops.operator.namespacedRules: what the operator may do in a namespace it watc
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch"]
+# get: after a 409 at create, whose the existing object is (a deleted namesake's is waited for, never patched)
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create"]
+  verbs: ["get", "create"]
+# list: the Job controller's FailedCreate events, surfaced in the job's PodsNotStarting condition
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["list", "create", "patch"]
+# get: after a 409 at create, whose the existing policy is (as for the ConfigMap and the Service)
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create"]
+  verbs: ["get", "create"]
 {{- end }}

@@ -17,7 +17,8 @@ from ganops.api.rules import RULES_BY_MODEL
 from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.contracts import API_GROUP, KIND, PLURAL, SHORT_NAME, VERSION
 
-_DROP = {"title", "additionalProperties", "$defs"}
+# propertyNames (bounds on map keys): a structural schema has none
+_DROP = {"title", "additionalProperties", "$defs", "propertyNames"}
 
 
 def _defaults_of(model: type[BaseModel]) -> dict[str, Any]:
@@ -150,9 +151,13 @@ def openapi_schema() -> dict[str, Any]:
     spec = _schema_of(GanTrainingJobSpec, models)
     status = _schema_of(GanTrainingJobStatus, models)
     _conditions_as_map(status)
+    # The root rules (metadata.name): at the root, CEL sees metadata.name and generateName and nothing else of it;
+    # no fieldPath (the API server wants one that the schema declares, and metadata has no declared properties).
+    root_rules = [{"rule": r.cel, "message": r.full_message} for r in RULES_BY_MODEL.get("GanTrainingJob", [])]
     return {
         "type": "object",
         "required": ["spec"],
+        "x-kubernetes-validations": root_rules,
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},

@@ -119,10 +119,12 @@ class TrainingSpec(_Wire):
     num_workers: int = Field(0, ge=0, le=64)
 
 
+# Bounds on every string a CEL rule matches against a pattern: the API server estimates a rule's cost from them and
+# refuses the CRD when the estimate is over budget (an unbounded string is costed at the request size).
 class Toleration(_Wire):
-    key: str | None = None
+    key: str | None = Field(None, max_length=317)  # a qualified name: prefix (253) + '/' + name (63)
     operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
+    value: str | None = Field(None, max_length=63)
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
 
@@ -133,7 +135,8 @@ class ResourcesSpec(_Wire):
     gpu_type: str | None = Field(None, max_length=63, description="Key into the price table, e.g. a100-80gb.")
     cpu: str = Field("2", max_length=16)
     memory: str = Field("8Gi", max_length=16)
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
     spot: bool = False
     priority_class_name: str | None = Field(None, max_length=253)
@@ -194,6 +197,9 @@ class PromotionSpec(_Wire):
 class RunPolicySpec(_Wire):
     backoff_limit: int = Field(3, ge=0, le=100, description="Application failures tolerated; preemptions are free.")
     active_deadline_seconds: int | None = Field(None, ge=1)
+    start_timeout_seconds: int | None = Field(
+        None, ge=1, description="How long an attempt's pods may take to start (from the Job's start: after Kueue "
+        "admits it) before the attempt fails with the reason they are waiting for; unset: they may wait forever.")
     ttl_seconds_after_finished: int | None = Field(None, ge=0)
     suspend: bool = False
 
@@ -206,6 +212,9 @@ class GanTrainingJobSpec(_Wire):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     queue_name: str | None = Field(None, max_length=63)
+    pod_labels: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32,
+        description="Labels for the trainer pods (the job's own labels are not copied to its children).")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -323,7 +332,8 @@ class GanTrainingJobStatus(_Wire):
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    name: str = Field(..., min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # its syntax and length are rules (ganops.api.rules), stated once for the CRD's root and for this model
+    name: str = Field(..., min_length=1, max_length=253)
     namespace: str | None = Field(None, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)

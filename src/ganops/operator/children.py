@@ -24,6 +24,7 @@ import kopf
 from ganops.api.loader import dump_job
 from ganops.api.spec import GanTrainingJob, GanTrainingJobSpec, ObjectMeta
 from ganops.contracts import (
+    ANNOTATION_OWNER_UID,
     ANNOTATION_RESTARTS,
     ANNOTATION_RESUME_FROM,
     API_VERSION,
@@ -40,6 +41,7 @@ from ganops.contracts import (
     LABEL_JOB,
     MLFLOW_TRACKING_URI_ENV,
 )
+from ganops.operator.observe import controller_uid
 from ganops.operator.settings import OperatorConfig
 
 JOB_FILE_DIR = "/etc/ganops"
@@ -112,6 +114,29 @@ def naming_problems(name: str, spec: GanTrainingJobSpec) -> list[str]:
     if len(configmap_name(name)) > 253:  # pragma: no cover - names are at most 63 characters
         problems.append("metadata.name is too long")
     return problems
+
+
+def inherited_labels(labels: Mapping[str, str]) -> dict[str, str]:
+    """The job's labels its children get (kopf.adopt copies the owner's labels): only ganops.io/* ones. Any other
+    label of the job - a kueue.x-k8s.io/* one, say - means something to a controller and must not spread to the
+    Job and its pods; pod labels are asked for explicitly (spec.podLabels)."""
+    return {key: value for key, value in labels.items() if key.startswith("ganops.io/")}
+
+
+def holder(obj: Mapping[str, Any] | None, uid: str) -> str | None:
+    """Why an existing child of this name is not ours to use, or None when it is: it belongs to another
+    GanTrainingJob (a deleted one of the same name, whose children the garbage collector has not removed yet), to
+    nobody, or it is being deleted. Such an object is never patched or adopted: the operator waits for it to go."""
+    if obj is None:
+        return "it was deleted meanwhile"
+    meta = obj.get("metadata") or {}
+    owner = controller_uid(meta, KIND, API_VERSION)
+    if owner != uid:
+        return (f"it belongs to another GanTrainingJob (uid {owner}), deleted and not yet garbage-collected"
+                if owner else "it has no GanTrainingJob owner")
+    if meta.get("deletionTimestamp"):
+        return "it is being deleted"
+    return None
 
 
 def _adopt(obj: dict[str, Any], owner: Owner, nested: str | None = None) -> dict[str, Any]:
@@ -385,7 +410,7 @@ def training_job(
     job_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
-    pod_labels = {**labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
+    pod_labels = {**spec.pod_labels, **labels(owner.name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     annotations = {ANNOTATION_RESTARTS: restarts_annotation(restarts or {})}
     if resume_from:
         annotations[ANNOTATION_RESUME_FROM] = resume_from
@@ -441,7 +466,8 @@ def training_job(
                 ]
             },
             "suspend": bool(spec.queue_name),  # Kueue admits a queued Job by un-suspending it
-            "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+            "template": {"metadata": {"labels": pod_labels, "annotations": {ANNOTATION_OWNER_UID: owner.uid}},
+                         "spec": pod_spec},
         },
     }
     return _adopt(obj, owner, nested="spec.template")

@@ -48,13 +48,16 @@ class StatusBuilder:
         self.status.conditions = list(self.status.conditions)  # always written, as it always was
         self.now = now
         self.events: list[Event] = []
+        self.reason_changed = False  # whether the last condition() call changed that condition's reason
 
     def condition(self, type_: str, value: bool | ConditionStatus, reason: str, message: str = "") -> bool:
         """Set a condition; True when its status changed (lastTransitionTime moves only then)."""
         wanted: ConditionStatus = value if isinstance(value, str) else ("True" if value else "False")
+        self.reason_changed = False
         for condition in self.status.conditions:
             if condition.type == type_:
                 changed = condition.status != wanted
+                self.reason_changed = condition.reason != reason
                 condition.status, condition.reason, condition.message = wanted, reason, message
                 if changed or not condition.last_transition_time:
                     condition.last_transition_time = format_time(self.now)
@@ -98,6 +101,18 @@ def apply_action_error(status: GanTrainingJobStatus, what: str, message: str, no
     st = StatusBuilder(status, now)
     if st.condition("ChildrenReady", False, "ApiError", f"{what}: {message}"):
         st.event("Warning", "ReconcileError", f"{what}: {message}")
+    return st.status, st.events
+
+
+def apply_name_in_use(status: GanTrainingJobStatus, what: str, why: str, now: dt.datetime) -> tuple[
+        GanTrainingJobStatus, list[Event]]:
+    """A child's name is taken by an object that is not this job's (a deleted namesake's, until the garbage
+    collector removes it): wait, and say so once."""
+    st = StatusBuilder(status, now)
+    message = f"{what} exists but {why}; waiting for it to go"
+    if st.condition("ChildrenReady", False, "NameInUse", message):
+        st.event("Normal", "NameInUse", message)
+    st.status.message = message
     return st.status, st.events
 
 

@@ -38,8 +38,8 @@ from ganops.operator import children, conditions, metrics, progress, registry
 from ganops.operator import policy as job_policy
 from ganops.operator import reconcile as decide
 from ganops.operator.conditions import FINISHED, Event
-from ganops.operator.kube import Kube, KubeError
-from ganops.operator.observe import JobView, PodView, format_time
+from ganops.operator.kube import Kube, KubeError, plural_of
+from ganops.operator.observe import JobView, PodView, format_time, owned
 from ganops.operator.plan import (
     Action,
     ClearAnnotation,
@@ -65,6 +65,7 @@ Key = tuple[str, str]
 # jitter: the loops of different jobs already wake at different times, and the delays stay predictable.
 ERROR_BACKOFF = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=60.0, jitter=False)
 PERMANENT_ERROR_SECONDS = 300.0
+NAME_IN_USE_SECONDS = 2.0  # a child's name is held by a deleted namesake's object: look again soon
 IDLE_FACTOR = 10  # finished jobs wake up every IDLE_FACTOR × resync (events wake them at once)
 
 
@@ -189,7 +190,8 @@ class Controller:
         memory.seen = snap.seen
         spec, problems = self._spec(snap, memory)
         current = memory.status if memory.status is not None else dict(snap.status)
-        job_view = _pick_job(snap.jobs, children.job_name(snap.name))
+        jobs, pods = owned(snap.uid, snap.jobs, snap.pods)  # never a deleted namesake's children
+        job_view = _pick_job(jobs, children.job_name(snap.name))
         if job_view is not None:
             memory.job_seen_attempt = max(memory.job_seen_attempt or 0, job_view.attempt)
         ckpt = children.checkpoint_uri(spec, self.config) if spec is not None else None
@@ -201,7 +203,8 @@ class Controller:
             name=snap.name, namespace=snap.namespace, uid=snap.uid, generation=snap.generation, spec=spec,
             status=status, problems=problems, annotations=snap.annotations,
         )
-        observed = Observed(job=job_view, pods=snap.pods, record_expected=ckpt is not None)
+        failed_create = self._failed_create(snap, job_view, pods)
+        observed = Observed(job=job_view, pods=pods, record_expected=ckpt is not None, failed_create=failed_create)
         since = None if memory.record_read_at is None else time.monotonic() - memory.record_read_at
         if ckpt is not None and progress.wants_record(job_input, observed, seconds_since_read=since,
                                                       policy=self.policy):
@@ -210,8 +213,8 @@ class Controller:
                 memory.record_read_at = time.monotonic()
             else:
                 log.warning("cannot read latest.json of %s/%s: %s", snap.namespace, snap.name, error)
-            observed = Observed(job=job_view, pods=snap.pods, record=record, record_error=error,
-                                record_expected=True)
+            observed = Observed(job=job_view, pods=pods, record=record, record_error=error,
+                                record_expected=True, failed_create=failed_create)
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
         new_status = plan.status
@@ -245,6 +248,23 @@ class Controller:
         if not outcome.gone:
             outcome.gone = not self._write_status(snap, memory, current, new_status.to_wire())
         return outcome
+
+    def _failed_create(self, snap: Snapshot, job: JobView | None, pods: tuple[PodView, ...]) -> str | None:
+        """The Job controller's newest FailedCreate event for a started Job that has no pod of its attempt: pods
+        refused at admission (a missing PriorityClass, a quota) exist nowhere else. Read only then."""
+        if (job is None or job.suspended or job.complete or job.failed_reason is not None or job.deleting
+                or job.active > 0 or not job.uid or any(pod.attempt == job.attempt for pod in pods)):
+            return None
+        try:
+            events = self.kube.list("v1", "events", snap.namespace,
+                                    field_selector=f"involvedObject.uid={job.uid},reason=FailedCreate")
+        except (KubeError, OSError) as exc:  # a reason is worth a retry, never a failed reconcile
+            log.warning("%s/%s: cannot read the Job's events: %s", snap.namespace, snap.name, exc)
+            return None
+        if not events:
+            return None
+        newest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return str(newest.get("message") or "FailedCreate")
 
     def _post_events(self, snap: Snapshot, events: list[Event], now: dt.datetime) -> None:
         involved = {"apiVersion": API_VERSION, "kind": KIND, "name": snap.name, "namespace": snap.namespace,
@@ -285,8 +305,11 @@ class Controller:
             return self._ensure_children(action, snap, spec, status_now, now)
         if isinstance(action, SyncJobFile):
             assert spec is not None
+            name = children.configmap_name(snap.name)
+            if children.holder(self.kube.get("v1", "configmaps", snap.namespace, name), snap.uid) is not None:
+                return status_now, [], None  # not ours (or gone): the next attempt creates its own
             try:
-                self.kube.patch("v1", "configmaps", snap.namespace, children.configmap_name(snap.name),
+                self.kube.patch("v1", "configmaps", snap.namespace, name,
                                 {"data": children.configmap(_owner(snap), spec)["data"]})
             except KubeError as exc:
                 if not exc.not_found:
@@ -323,6 +346,13 @@ class Controller:
                 self.kube.create(obj, snap.namespace)
             except KubeError as exc:
                 if exc.conflict:
+                    name = obj["metadata"]["name"]
+                    existing = self.kube.get(obj["apiVersion"], plural_of(obj["apiVersion"], obj["kind"]),
+                                             snap.namespace, name)
+                    why = children.holder(existing, snap.uid)
+                    if why is not None:  # a namesake's child: never patch or adopt it, wait until it is gone
+                        new, events = conditions.apply_name_in_use(status_now, f"{obj['kind']} {name}", why, now)
+                        return new, events, NAME_IN_USE_SECONDS
                     if obj["kind"] == "ConfigMap":  # keep the job file in step with the spec
                         self.kube.patch("v1", "configmaps", snap.namespace, obj["metadata"]["name"],
                                         {"data": obj["data"]})
@@ -403,7 +433,7 @@ def _just_launched(memory: JobMemory, attempt: int) -> bool:
 
 
 def _owner(snap: Snapshot) -> children.Owner:
-    return children.Owner(snap.name, snap.namespace, snap.uid, dict(snap.labels))
+    return children.Owner(snap.name, snap.namespace, snap.uid, children.inherited_labels(snap.labels))
 
 
 def _pick_job(jobs: Iterable[JobView], name: str) -> JobView | None:

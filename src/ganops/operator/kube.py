@@ -130,6 +130,24 @@ class Kube:
         result: dict[str, Any] = self.request("POST", path(obj["apiVersion"], plural, namespace), body=obj)
         return result
 
+    def get(self, api_version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when there is none of that name."""
+        try:
+            result: dict[str, Any] = self.request("GET", path(api_version, plural, namespace, name))
+        except KubeError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return result
+
+    def list(self, api_version: str, plural: str, namespace: str, *, field_selector: str | None = None,
+             limit: int = 50) -> list[dict[str, Any]]:
+        query = {"limit": str(limit)}
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        result = self.request("GET", path(api_version, plural, namespace), query=query)
+        return list((result or {}).get("items") or [])
+
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str, *, time: str,
                    component: str = "ganops-operator") -> None:
         """A core v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid), posted now (not queued)."""

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ganops.contracts import ANNOTATION_RESTARTS, COMPLETION_INDEX_ANNOTATION, LABEL_ATTEMPT
+from ganops.contracts import (
+    ANNOTATION_OWNER_UID,
+    ANNOTATION_RESTARTS,
+    API_VERSION,
+    COMPLETION_INDEX_ANNOTATION,
+    KIND,
+    LABEL_ATTEMPT,
+)
 
 # ------------------------------------------------------------------------------------------------ time
 
@@ -32,6 +39,14 @@ def parse_time(value: Any) -> dt.datetime | None:
 
 def format_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def controller_uid(meta: Mapping[str, Any], kind: str, api_version: str | None = None) -> str | None:
+    """The uid of the object's owner of that kind (its controller reference if it has one), or None."""
+    refs = [ref for ref in meta.get("ownerReferences") or []
+            if ref.get("kind") == kind and (api_version is None or ref.get("apiVersion") == api_version)]
+    refs.sort(key=lambda ref: not ref.get("controller"))
+    return str(refs[0].get("uid")) if refs and refs[0].get("uid") else None
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -60,6 +75,11 @@ class PodView:
     started: dt.datetime | None = None
     finished: dt.datetime | None = None
     deleting: bool = False
+    owner_uid: str | None = None  # the GanTrainingJob's uid (annotation ganops.io/owner-uid), None on older pods
+    job_uid: str | None = None  # the uid of the batch Job that created the pod
+    waiting_reason: str = ""  # the trainer container's waiting state: ImagePullBackOff, CreateContainerConfigError…
+    waiting_message: str = ""
+    unschedulable: str | None = None  # the scheduler's message while PodScheduled is False (Unschedulable)
 
     @property
     def terminal(self) -> bool:
@@ -81,9 +101,14 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
     annotations = meta.get("annotations") or {}
     status = body.get("status") or {}
     disruption = None
+    unschedulable = None
     for condition in status.get("conditions") or []:
         if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
             disruption = str(condition.get("reason") or "DisruptionTarget")
+        if (condition.get("type") == "PodScheduled" and condition.get("status") == "False"
+                and condition.get("reason") == "Unschedulable"):
+            unschedulable = str(condition.get("message") or "Unschedulable")
+    waiting_reason = waiting_message = ""
     exit_code: int | None = None
     terminated_reason = ""
     started = None
@@ -100,6 +125,9 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
             finished = parse_time(term.get("finishedAt"))
         elif "running" in state:
             started = parse_time((state["running"] or {}).get("startedAt"))
+        elif "waiting" in state:
+            waiting_reason = str((state["waiting"] or {}).get("reason") or "")
+            waiting_message = str((state["waiting"] or {}).get("message") or "")
     if started is None and status.get("phase") in ("Running", "Succeeded", "Failed"):
         started = parse_time(status.get("startTime"))
     index = annotations.get(COMPLETION_INDEX_ANNOTATION, labels.get(COMPLETION_INDEX_ANNOTATION, "0"))
@@ -116,6 +144,11 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         started=started,
         finished=finished,
         deleting=bool(meta.get("deletionTimestamp")),
+        owner_uid=annotations.get(ANNOTATION_OWNER_UID) or None,
+        job_uid=controller_uid(meta, "Job"),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        unschedulable=unschedulable,
     )
 
 
@@ -138,6 +171,9 @@ class JobView:
     failed_message: str = ""
     deleting: bool = False
     restarts: Mapping[str, int] = field(default_factory=dict)  # counters recorded at launch (annotation)
+    owner_uid: str | None = None  # the GanTrainingJob that owns it (controller reference)
+    created: dt.datetime | None = None
+    started: dt.datetime | None = None  # status.startTime: set by the Job controller when it starts (un-suspended)
 
 
 def job_view(body: Mapping[str, Any]) -> JobView:
@@ -176,7 +212,22 @@ def job_view(body: Mapping[str, Any]) -> JobView:
         failed_message=failed_message,
         deleting=bool(meta.get("deletionTimestamp")),
         restarts=restarts,
+        owner_uid=controller_uid(meta, KIND, API_VERSION),
+        created=parse_time(meta.get("creationTimestamp")),
+        started=parse_time(status.get("startTime")),
     )
 
 
-__all__ = ["JobView", "PodView", "format_time", "job_view", "parse_time", "pod_view"]
+def owned(uid: str, jobs: tuple[JobView, ...], pods: tuple[PodView, ...]) -> tuple[tuple[JobView, ...],
+                                                                                  tuple[PodView, ...]]:
+    """Only the children of the GanTrainingJob with this uid. The indexes key children by the job's name, and a
+    job deleted and re-applied under the same name has a new uid while the garbage collector is still removing the
+    old one's Job and pods: those must never be read as the new job's (its attempt count, its Complete condition).
+    A pod is ours by its ganops.io/owner-uid annotation, or, on pods from before that annotation, by its Job."""
+    mine = tuple(job for job in jobs if job.owner_uid == uid)
+    job_uids = {job.uid for job in mine if job.uid}
+    return mine, tuple(pod for pod in pods if pod.owner_uid == uid
+                       or (pod.owner_uid is None and pod.job_uid is not None and pod.job_uid in job_uids))
+
+
+__all__ = ["JobView", "PodView", "controller_uid", "format_time", "job_view", "owned", "parse_time", "pod_view"]

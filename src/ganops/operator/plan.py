@@ -37,6 +37,7 @@ class Observed:
     record: LatestRecord | None = None  # latest.json, when read this time
     record_error: str | None = None  # the object store failed: the record is unknown, not absent
     record_expected: bool = True  # False when the job has no checkpoint URI at all
+    failed_create: str | None = None  # the newest FailedCreate event of the Job (its pods refused at admission)
 
 
 @dataclass(frozen=True)

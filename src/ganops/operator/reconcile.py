@@ -275,6 +275,10 @@ def _outcome(
     current_pods: list[PodView],
 ) -> None:
     """What the attempt's pods say: pending, running, succeeded, or a fault to relaunch after (or fail on)."""
+    preempted = faults.suspended_after_start(job_obj, current_pods, was_running=st.phase == "Running")
+    if preempted is not None:
+        _after_fault(st, plan, job, spec, observed, preempted, attempt=attempt, restarts=restarts)
+        return
     outcome = faults.attempt_outcome(job_obj, current_pods, replicas=spec.resources.replicas,
                                      total_steps=spec.training.steps, record=observed.record)
     if outcome.kind == "succeeded" and observed.record is None and observed.record_error is not None:
@@ -282,11 +286,22 @@ def _outcome(
         st.status.message = f"every replica finished; waiting for the object store ({observed.record_error})"
         plan.wake_in(policy.resync_seconds)
         return
+    if outcome.kind == "pending":
+        timed_out = _not_starting(st, plan, spec, observed, job_obj, current_pods)
+        if timed_out is not None:
+            _after_fault(st, plan, job, spec, observed, timed_out, attempt=attempt, restarts=restarts)
+            return
+    elif outcome.kind != "queued":
+        st.condition_off("PodsNotStarting", "PodsStarted", "")
     if outcome.kind in ("missing", "queued", "pending"):
         reason = "Queued" if outcome.kind == "queued" else "Pending"
         message = (f"waiting for admission to queue {spec.queue_name}" if outcome.kind == "queued" and spec.queue_name
                    else "waiting for the pods to start")
         st.condition("Running", False, reason, message)
+        if outcome.kind == "pending" and st.is_("PodsNotStarting"):
+            stuck = get_condition(st.status, "PodsNotStarting")
+            assert stuck is not None
+            message = f"the pods are not starting: {stuck.reason}: {stuck.message}"
         st.set_phase("Pending", message)
     elif outcome.kind == "running":
         if st.condition("Running", True, "PodsRunning", f"attempt {attempt} is running") or st.phase != "Running":
@@ -304,6 +319,29 @@ def _outcome(
         _after_fault(st, plan, job, spec, observed, outcome, attempt=attempt, restarts=restarts)
         return
     plan.wake_in(policy.resync_seconds)
+
+
+def _not_starting(st: StatusBuilder, plan: Plan, spec: GanTrainingJobSpec, observed: Observed, job_obj: JobView,
+                  pods: list[PodView]) -> faults.AttemptOutcome | None:
+    """Pods that are not starting: the PodsNotStarting condition says why (one Warning when that changes); past
+    runPolicy.startTimeoutSeconds, counted from the Job's start (after Kueue admitted it), the attempt fails with
+    that reason. None while the attempt may still start."""
+    why = faults.not_starting(pods, observed.failed_create)
+    if why is None:
+        st.condition_off("PodsNotStarting", "Starting", "")
+    elif st.condition("PodsNotStarting", True, why.reason, why.message) or st.reason_changed:
+        st.event("Warning", "PodsNotStarting", f"{why.reason}: {why.message}")
+    timeout = spec.run_policy.start_timeout_seconds
+    since = job_obj.started or job_obj.created
+    if timeout is None or since is None:
+        return None
+    left = since.timestamp() + timeout - st.now.timestamp()
+    if left > 0:
+        plan.wake_in(left)
+        return None
+    detail = f"{why.reason}: {why.message}" if why is not None else "they are still pending"
+    return faults.AttemptOutcome("failed", why.reason if why is not None else "StartTimeout",
+                                 f"the pods did not start within startTimeoutSeconds={timeout} ({detail})")
 
 
 def _after_fault(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTrainingJobSpec, observed: Observed,

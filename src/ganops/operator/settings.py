@@ -21,6 +21,7 @@ settings from it.
 | GANOPS_BUDGET_WARNING_FRACTION | 0.8 | share of the budget that raises the BudgetWarning event |
 | GANOPS_OPERATOR_METRICS_PORT | 8080 | the operator's Prometheus /metrics port; 0 disables it |
 | GANOPS_OPERATOR_REPLICAS | 1 | >1 turns kopf peering on (one active operator, the others on standby) |
+| GANOPS_OPERATOR_SCAN_CLUSTER | true | false: no namespace/CRD scanning (named `--namespace`s: not granted) |
 | GANOPS_OPERATOR_PEERING | ganops-operator | name of the KopfPeering object |
 | GANOPS_OPERATOR_POSTING_LEVEL | INFO | lowest level of Events posted (Normal is INFO, Warning is WARNING) |
 | GANOPS_OPERATOR_WORKERS | 8 | threads that run reconciles (API and object-store I/O) |
@@ -43,9 +44,10 @@ The platform's policy for what a job (a tenant) may choose; a job outside it get
 | GANOPS_TRAINER_NETWORK_POLICY | (unset) | JSON `{"egress": [rules], "metricsFrom": [peers]}`: every job gets a |
 |   |   | default-deny NetworkPolicy (`ganops.operator.children.network_policy`) |
 
-Which namespaces are watched is kopf's own choice, also set by environment: `KOPF_RUN_CLUSTERWIDE=true` (what
-`--all-namespaces` does) or `KOPF_RUN_NAMESPACE="team-a,team-b"` (comma-separated globs, `!` excludes; what
-`--namespace` does). The Deployment in manifests/operator sets the first.
+Which namespaces are watched is kopf's own choice, by argument: `--all-namespaces`, or one `--namespace=<name>` per
+namespace (the chart's `operator.watchNamespaces`; with GANOPS_OPERATOR_SCAN_CLUSTER=false, since that mode's RBAC
+grants no namespace listing). Not a comma list: kopf reads `team-a,team-b` as one pattern of globs, which only a
+namespace listing resolves; without that permission it watches nothing (issue 14, finding 1).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ from ganops.api.spec import GatesSpec
 from ganops.api.uris import OBJECT_STORE_SHAPE, mlflow_ok, object_store_ok
 from ganops.contracts import API_GROUP, LABEL_JOB, MLFLOW_TRACKING_URI_ENV
 
+# The oldest kopf the operator runs on (pyproject.toml's floor says the same; a test keeps them equal):
+# `settings.watching.label_selectors`, which `configure_kopf` sets so the Job and pod watches are filtered by the
+# API server, first appeared in kopf 1.45.0 (absent from 1.37.0, 1.40.0, 1.43.0 and 1.44.0's configuration.py); an
+# older kopf fails at startup with an AttributeError.
+KOPF_FLOOR = (1, 45)
 DEFAULT_IMAGE = "ghcr.io/ganops/trainer:0.1.0"
 FINALIZER = f"{API_GROUP}/finalizer"
 ANNOTATIONS_PREFIX = API_GROUP
@@ -136,6 +143,7 @@ class OperatorConfig:
     budget_warning_fraction: float = 0.8
     metrics_port: int = 8080
     replicas: int = 1
+    scan_cluster: bool = True  # kopf's namespace and CRD scanning (needs cluster-wide list/watch on namespaces)
     peering_name: str = "ganops-operator"
     posting_level: int = logging.INFO
     workers: int = 8
@@ -244,6 +252,7 @@ class OperatorConfig:
             budget_warning_fraction=number("GANOPS_BUDGET_WARNING_FRACTION", 0.8, low=0.0, high=1.0),
             metrics_port=int(number("GANOPS_OPERATOR_METRICS_PORT", 8080, low=0, high=65535, whole=True)),
             replicas=int(number("GANOPS_OPERATOR_REPLICAS", 1, low=1, high=100, whole=True)),
+            scan_cluster=_flag(text("GANOPS_OPERATOR_SCAN_CLUSTER"), "GANOPS_OPERATOR_SCAN_CLUSTER", problems),
             peering_name=text("GANOPS_OPERATOR_PEERING", "ganops-operator") or "ganops-operator",
             posting_level=level,
             workers=int(number("GANOPS_OPERATOR_WORKERS", 8, low=1, high=256, whole=True)),
@@ -315,6 +324,15 @@ def _check_network_policy(raw: str, problems: list[str]) -> None:
                         '"metricsFrom": [NetworkPolicy peers]}')
 
 
+def _flag(raw: str | None, name: str, problems: list[str], default: bool = True) -> bool:
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    problems.append(f"{name} must be true or false (got {raw!r})")
+    return default
+
+
 def parse_toleration(raw: str, problems: list[str], name: str = "GANOPS_SPOT_TOLERATION") -> Toleration | None:
     """`key[=value][:effect]`; empty = no toleration."""
     if not raw:
@@ -347,6 +365,8 @@ def configure_kopf(settings: Any, config: OperatorConfig) -> None:
     settings.watching.server_timeout = settings.watching.server_timeout or 300
     settings.watching.client_timeout = settings.watching.client_timeout or 330
     settings.execution.max_workers = max(settings.execution.max_workers or 0, config.workers)
+    # Named namespaces only (the chart's watchNamespaces): nothing to scan, and no RBAC to list namespaces with.
+    settings.scanning.disabled = not config.scan_cluster
     if config.replicas > 1:
         settings.peering.standalone = False
         settings.peering.mandatory = True

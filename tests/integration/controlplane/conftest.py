@@ -5,12 +5,17 @@ are not built (unless GANOPS_CONTROLPLANE=required)."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.controlplane import ControlPlane
 from tests.support.controlplane.fixtures import control_plane, cp_kube, cp_namespace, cp_node  # noqa: F401
+from tests.support.kube import KopfProcess
+from tests.support.kube.client import KubeClient
+from tests.support.node import Node
 
 CRD_FILE = Path(__file__).resolve().parents[3] / "manifests" / "crd" / "ganops.io_gantrainingjobs.yaml"
 
@@ -33,3 +38,32 @@ def ganops_crd(control_plane: ControlPlane) -> subprocess.CompletedProcess[str]:
 
     kube.wait_for(established, timeout=60, message="gantrainingjobs.ganops.io established")
     return applied
+
+
+OperatorFactory = Callable[..., KopfProcess]
+CHECKPOINTS = "checkpoints"  # under the test's tmp_path: the operator and the pods share this machine's files
+
+
+@pytest.fixture
+def start_operator(cp_kube: KubeClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,  # noqa: F811
+                   tmp_path: Path) -> Iterator[OperatorFactory]:
+    """`kopf run` as a subprocess with the admin kubeconfig, watching the test's namespace (the chart's
+    ServiceAccount and RBAC come with issue 14's second half)."""
+    processes: list[KopfProcess] = []
+
+    def start(**env: str) -> KopfProcess:
+        process = KopfProcess(cp_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
+        processes.append(process)
+        return process.start({
+            "GANOPS_CHECKPOINT_URI": f"file://{tmp_path / CHECKPOINTS}",
+            "GANOPS_OPERATOR_RESYNC_SECONDS": "1",
+            "GANOPS_OPERATOR_METRICS_PORT": "0",
+            "GANOPS_TERMINATION_GRACE_SECONDS": "10",
+            **env,
+        })
+
+    yield start
+    for process in processes:
+        process.close()
+
+

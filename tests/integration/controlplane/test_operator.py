@@ -9,13 +9,13 @@ collector. Pods that never start are observed as they are today (the fixes are i
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
+from tests.integration.controlplane.conftest import CHECKPOINTS, OperatorFactory
 from tests.support.controlplane import ControlPlane, wait_gone
 from tests.support.controlplane.fixtures import NODE_NAME
 from tests.support.jobs import grid_job
@@ -25,32 +25,6 @@ from tests.support.node import Node
 
 GTJ = "ganops.io/v1alpha1"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-
-OperatorFactory = Callable[..., KopfProcess]
-CHECKPOINTS = "checkpoints"  # under the test's tmp_path: the operator and the pods share this machine's files
-
-
-@pytest.fixture
-def start_operator(cp_kube: KubeClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,
-                   tmp_path: Path) -> Iterator[OperatorFactory]:
-    """`kopf run` as a subprocess with the admin kubeconfig, watching the test's namespace (the chart's
-    ServiceAccount and RBAC come with issue 14's second half)."""
-    processes: list[KopfProcess] = []
-
-    def start(**env: str) -> KopfProcess:
-        process = KopfProcess(cp_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
-        processes.append(process)
-        return process.start({
-            "GANOPS_CHECKPOINT_URI": f"file://{tmp_path / CHECKPOINTS}",
-            "GANOPS_OPERATOR_RESYNC_SECONDS": "1",
-            "GANOPS_OPERATOR_METRICS_PORT": "0",
-            "GANOPS_TERMINATION_GRACE_SECONDS": "10",
-            **env,
-        })
-
-    yield start
-    for process in processes:
-        process.close()
 
 
 def _status(kube: KubeClient, ns: str, name: str) -> dict[str, Any]:
@@ -128,52 +102,55 @@ def test_a_job_runs_to_success_and_garbage_collection_removes_its_children(
     print(f"garbage collection of the children took {time.monotonic() - started:.1f}s")
 
 
-def test_pods_that_never_start_are_visible(control_plane: ControlPlane, cp_kube: KubeClient, cp_namespace: str,
-                                           cp_node: Node, start_operator: OperatorFactory) -> None:
-    """Today's behaviour, observed (finding 5 of issue 14): the cluster says why the pods do not start - the
+def test_pods_that_never_start_say_why_and_fail_after_start_timeout(
+        control_plane: ControlPlane, cp_kube: KubeClient, cp_namespace: str, cp_node: Node,
+        start_operator: OperatorFactory) -> None:
+    """Issue 14, finding 5, on the real control plane: the reason the cluster gives for pods that do not start - the
     kubelet's CreateContainerConfigError for a missing Secret, the scheduler's Unschedulable for a node selector no
-    node matches - while the GanTrainingJob only says it is waiting for them, without a reason or a deadline."""
+    node matches, the Job controller's FailedCreate when admission refuses a pod with a missing PriorityClass - is
+    the job's PodsNotStarting condition, and past runPolicy.startTimeoutSeconds the attempt fails with it. A job
+    waiting for Kueue (not installed here) says it is queued and has no start clock."""
     ns = cp_namespace
     operator = start_operator(GANOPS_S3_SECRET="ganops-s3")  # a Secret nobody created in this namespace
-    no_secret = grid_job("no-secret")
+    no_secret = grid_job("no-secret", runPolicy={"startTimeoutSeconds": 12, "backoffLimit": 0})
     no_node = grid_job("no-node", resources={"nodeSelector": {"ganops.io/pool": "nowhere"}})
-    for job in (no_secret, no_node):
+    no_class = grid_job("no-class", resources={"priorityClassName": "missing-class"})
+    queued = grid_job("queued", queueName="team-a", runPolicy={"startTimeoutSeconds": 1})
+    for job in (no_secret, no_node, no_class, queued):
         job["metadata"]["namespace"] = ns
-    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([no_secret, no_node]))
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([no_secret, no_node, no_class, queued]))
 
-    def pod_of(job: str) -> dict[str, Any] | None:
-        pods = cp_kube.list("v1", "Pod", ns, label_selector=f"{JOB_NAME_LABEL}={job}")
-        return pods[0] if pods else None
-
-    def waiting(pod: dict[str, Any] | None) -> dict[str, Any]:
-        statuses = ((pod or {}).get("status") or {}).get("containerStatuses") or [{}]
-        return dict(statuses[0].get("state", {}).get("waiting") or {})
-
-    def stuck_at_kubelet() -> dict[str, Any] | None:
-        pod = pod_of("no-secret")
-        return pod if waiting(pod) else None
-
-    def unschedulable() -> dict[str, Any] | None:
-        pod = pod_of("no-node")
-        return pod if pod and _condition(pod, "PodScheduled").get("reason") == "Unschedulable" else None
+    def not_starting(name: str, reason: str) -> dict[str, Any] | None:
+        found = next((c for c in _status(cp_kube, ns, name).get("conditions") or []
+                      if c["type"] == "PodsNotStarting"), None)
+        return found if found and found["status"] == "True" and found["reason"] == reason else None
 
     diagnostics = _diagnostics(cp_kube, ns, "no-secret", operator, cp_node)
-    pod: dict[str, Any] = cp_kube.wait_for(stuck_at_kubelet, timeout=60, message=diagnostics)
-    assert pod["spec"]["nodeName"] == NODE_NAME  # scheduled, then stuck at the kubelet
-    assert waiting(pod)["reason"] == "CreateContainerConfigError"
-    assert 'secret "ganops-s3" not found' in waiting(pod)["message"]
-
-    unscheduled: dict[str, Any] = cp_kube.wait_for(unschedulable, timeout=60, message=diagnostics)
-    assert "didn't match Pod's node affinity/selector" in _condition(unscheduled, "PodScheduled")["message"]
-    assert not unscheduled["spec"].get("nodeName")
-
-    # The GanTrainingJobs after a few resyncs: Pending, "waiting for the pods to start", and no word of why.
-    time.sleep(3)
-    for name in ("no-secret", "no-node"):
+    stuck: dict[str, Any] = cp_kube.wait_for(lambda: not_starting("no-secret", "CreateContainerConfigError"),
+                                             timeout=60, message=diagnostics)
+    assert 'secret "ganops-s3" not found' in stuck["message"], stuck
+    unscheduled: dict[str, Any] = cp_kube.wait_for(lambda: not_starting("no-node", "Unschedulable"), timeout=60,
+                                                   message=diagnostics)
+    assert "didn't match Pod's node affinity/selector" in unscheduled["message"], unscheduled
+    refused: dict[str, Any] = cp_kube.wait_for(lambda: not_starting("no-class", "FailedCreate"), timeout=60,
+                                               message=diagnostics)
+    assert "no PriorityClass with name missing-class was found" in refused["message"], refused
+    for name in ("no-node", "no-class"):
         status = _status(cp_kube, ns, name)
-        assert status.get("phase") == "Pending", status
-        running = next(c for c in status["conditions"] if c["type"] == "Running")
-        assert (running["status"], running["reason"]) == ("False", "Pending"), running
-        said = repr(status)
-        assert "CreateContainerConfigError" not in said and "Unschedulable" not in said, (
-            "the operator now surfaces why pods do not start: update this test (issue 14, finding 5)")
+        assert status["phase"] == "Pending" and "the pods are not starting" in status["message"], status
+    warnings = {(e.involved_name, e.reason) for e in cp_kube.events(ns) if e.involved_kind == "GanTrainingJob"}
+    assert {("no-secret", "PodsNotStarting"), ("no-node", "PodsNotStarting"),
+            ("no-class", "PodsNotStarting")} <= warnings, warnings
+
+    # past startTimeoutSeconds (12 s from the Job's start), backoffLimit 0: the job fails with the reason
+    cp_kube.wait_for(lambda: _status(cp_kube, ns, "no-secret").get("phase") == "Failed", timeout=60,
+                     message=diagnostics)
+    failed = _condition({"status": _status(cp_kube, ns, "no-secret")}, "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded", failed
+    assert "startTimeoutSeconds=12" in failed["message"] and "CreateContainerConfigError" in failed["message"]
+
+    # Kueue is not installed: the Job stays suspended, the job says it is queued; no start clock runs meanwhile
+    status = _status(cp_kube, ns, "queued")
+    assert status["phase"] == "Pending" and status["message"] == "waiting for admission to queue team-a", status
+    assert _condition({"status": status}, "Running")["reason"] == "Queued"
+    assert cp_kube.get("batch/v1", "Job", ns, "queued")["spec"]["suspend"] is True

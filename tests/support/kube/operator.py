@@ -260,10 +260,13 @@ class KopfProcess:
         startup_timeout: float = 30.0,
         stop_timeout: float = 20.0,
         verbose: bool = True,
+        scope_args: Sequence[str] | None = None,
     ) -> None:
         self.kube = kube
         self.modules = tuple(modules)
         self.namespaces = tuple(namespaces)
+        # the scope arguments exactly as given (e.g. the chart's Deployment's), instead of those made of `namespaces`
+        self.scope_args = tuple(scope_args) if scope_args is not None else None
         self.verbose = verbose  # False: kopf's default (warnings and errors only), e.g. for load tests
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -292,7 +295,8 @@ class KopfProcess:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         liveness = f"http://127.0.0.1:{port}/healthz"
-        scope = [arg for ns in self.namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"]
+        scope = list(self.scope_args) if self.scope_args is not None else (
+            [arg for ns in self.namespaces for arg in ("--namespace", ns)] or ["--all-namespaces"])
         modules = [arg for module in self.modules for arg in ("-m", module)]
         command = [sys.executable, "-m", "kopf", "run", "--standalone", *(["--verbose"] if self.verbose else []),
                    "--liveness", liveness]

@@ -257,10 +257,13 @@ def test_operator_accepts_its_rendered_environment(name: str) -> None:
     config = OperatorConfig.from_env(env)  # raises ConfigError on any bad value
     assert config.metrics_port == 8080
     assert config.replicas == deployment["spec"]["replicas"]
-    if name == "watch-namespace":
-        assert env["KOPF_RUN_NAMESPACE"] == "team-a,team-b" and "KOPF_RUN_CLUSTERWIDE" not in env
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    scope = [arg for arg in args if arg.startswith(("--namespace", "--all-namespaces"))]
+    assert not any(key.startswith("KOPF_RUN_") for key in env)  # the scope is in the arguments, nowhere else
+    if name == "watch-namespace":  # one --namespace each: kopf reads a comma list as one pattern (issue 14, #1)
+        assert scope == ["--namespace=team-a", "--namespace=team-b"]
     else:
-        assert env["KOPF_RUN_CLUSTERWIDE"] == "true"
+        assert scope == ["--all-namespaces"]
     if name == "canary":
         assert json.loads(env["GANOPS_PRICE_TABLE"]) == {"a100-80gb": 3.2, "h100-80gb": 5.5}
 

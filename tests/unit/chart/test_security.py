@@ -137,7 +137,10 @@ def test_operator_gets_what_it_needs_and_no_more() -> None:
     assert _grants(rules, "ganops.io", "gantrainingjobs/status") == {"get", "patch"}
     assert _grants(rules, "batch", "jobs") == {"get", "list", "watch", "create", "delete"}
     assert _grants(rules, "", "pods") == {"get", "list", "watch"}  # never changes pods
-    assert _grants(rules, "", "events") == {"create", "patch"}
+    assert _grants(rules, "", "events") == {"list", "create", "patch"}  # list: the Jobs' FailedCreate events
+    # get: whose the object behind a 409 is (a deleted namesake's is waited for); never deleted (the GC does that)
+    assert _grants(rules, "", "configmaps") == {"get", "create", "patch"}
+    assert _grants(rules, "", "services") == {"get", "create"}
     assert _grants(rules, "", "namespaces") == {"list", "watch"}
     assert _grants(rules, "apiextensions.k8s.io", "customresourcedefinitions") == {"list", "watch"}
     assert _grants(rules, "kopf.dev", "clusterkopfpeerings") == set()  # one replica: no peering
@@ -247,7 +250,7 @@ def test_an_external_mlflow_without_addresses_fails_the_render() -> None:
 
 def test_trainer_pods_get_a_default_deny_policy_from_the_operator() -> None:
     """The operator creates it per job (the job's own pods are its only peers, `children.network_policy`); the chart
-    hands it the platform's part and lets the operator create NetworkPolicies (nothing more)."""
+    hands it the platform's part and lets the operator create NetworkPolicies and read one back (nothing more)."""
     objs = objects()
     platform = json.loads(_operator_env(objs)["GANOPS_TRAINER_NETWORK_POLICY"])
     assert platform["egress"] == one(objs, "NetworkPolicy", "operator")["spec"]["egress"][1:]  # not the API server
@@ -255,7 +258,7 @@ def test_trainer_pods_get_a_default_deny_policy_from_the_operator() -> None:
         "kubernetes.io/metadata.name": "monitoring"}}}]
     assert not [peer for rule in platform["egress"] for peer in rule["to"] if peer.get("namespaceSelector") == {}]
     role = next(o for o in of_kind(objs, "ClusterRole") if "operator" in o["metadata"]["name"])
-    assert _grants(role["rules"], "networking.k8s.io", "networkpolicies") == {"create"}
+    assert _grants(role["rules"], "networking.k8s.io", "networkpolicies") == {"get", "create"}  # get: whose, on 409
     assert "GANOPS_TRAINER_NETWORK_POLICY" not in _operator_env(objects({"networkPolicy": {"enabled": False}}))
     assert "GANOPS_TRAINER_NETWORK_POLICY" not in _operator_env(
         objects({"networkPolicy": {"trainer": {"enabled": False}}}))

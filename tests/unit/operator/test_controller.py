@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable
@@ -23,9 +24,15 @@ NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 class FakeKube:
     """Records calls; `refuse` maps (method, kind or plural) to a KubeError status to answer with."""
 
-    def __init__(self, refuse: dict[tuple[str, str], int] | None = None) -> None:
+    def __init__(self, refuse: dict[tuple[str, str], int] | None = None,
+                 existing: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
         self.calls: list[tuple[str, str, Any]] = []
         self.refuse = refuse or {}
+        self.existing = existing or {}  # (plural, name) -> the object GET answers with
+
+    def get(self, api_version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("GET", plural, name))
+        return self.existing.get((plural, name))
 
     def _maybe_refuse(self, method: str, what: str) -> None:
         status = self.refuse.get((method, what))
@@ -65,6 +72,9 @@ class FakeKube:
 
 def snap(status: dict[str, Any] | None = None, jobs: tuple[JobView, ...] = (), pods: tuple[PodView, ...] = (),
          **spec: Any) -> Snapshot:
+    """A snapshot of job `gan` (uid u-1); children without an owner uid are made its own."""
+    jobs = tuple(job if job.owner_uid else dataclasses.replace(job, owner_uid="u-1") for job in jobs)
+    pods = tuple(pod if pod.owner_uid else dataclasses.replace(pod, owner_uid="u-1") for pod in pods)
     return Snapshot(name="gan", namespace="team-a", uid="u-1", generation=1, spec=grid_job("gan", **spec)["spec"],
                     status=status or {}, annotations={}, labels={}, jobs=jobs, pods=pods)
 
@@ -116,10 +126,21 @@ def test_events_are_posted_before_the_status_that_records_their_transition() -> 
     assert quiet.posted() == []
 
 
+def _child(kind: str, owner_uid: str | None, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "gan", "uid": f"{kind}-x"}
+    if owner_uid:
+        meta["ownerReferences"] = [{"apiVersion": "ganops.io/v1alpha1", "kind": "GanTrainingJob", "name": "gan",
+                                    "uid": owner_uid, "controller": True}]
+    if deleting:
+        meta["deletionTimestamp"] = "2025-01-01T11:59:00Z"
+    return {"kind": kind, "metadata": meta}
+
+
 def test_conflicts_and_permanent_errors() -> None:
-    kube = FakeKube({("POST", "ConfigMap"): 409, ("POST", "Job"): 409})
+    ours = {("configmaps", "gan-spec"): _child("ConfigMap", "u-1"), ("jobs", "gan"): _child("Job", "u-1")}
+    kube = FakeKube({("POST", "ConfigMap"): 409, ("POST", "Job"): 409}, existing=ours)
     outcome = controller(kube).reconcile(snap(), JobMemory())
-    # The ConfigMap exists: its job file is rewritten; the Job exists (ours, or the previous one going): wait.
+    # The ConfigMap exists and is ours: its job file is rewritten; the Job exists (ours, the index lags): wait.
     assert ("PATCH", "configmaps") in kube.methods() and outcome.requeue_after is not None
 
     kube = FakeKube({("POST", "Job"): 422})
@@ -132,6 +153,40 @@ def test_conflicts_and_permanent_errors() -> None:
 
     kube = FakeKube({("PATCH", "gantrainingjobs/status"): 404})
     assert controller(kube).reconcile(snap(), JobMemory()).gone  # deleted meanwhile: the loop ends
+
+
+@pytest.mark.parametrize("holder", [_child("ConfigMap", "u-old"), _child("ConfigMap", None),
+                                    _child("ConfigMap", "u-1", deleting=True), None],
+                         ids=["namesake's", "orphan", "ours, being deleted", "gone meanwhile"])
+def test_a_name_held_by_another_owner_is_waited_for_never_patched(holder: dict[str, Any] | None) -> None:
+    """Delete then re-apply under the same name: until the garbage collector removes the old job's ConfigMap, a 409
+    on create is not "ours": the operator neither patches it nor goes on to create the Job (whose pods would mount
+    a ConfigMap about to go), and says why it waits (issue 14, finding 2)."""
+    existing = {("configmaps", "gan-spec"): holder} if holder is not None else {}
+    kube = FakeKube({("POST", "ConfigMap"): 409}, existing=existing)
+    memory = JobMemory()
+    outcome = controller(kube).reconcile(snap(), memory)
+    assert kube.methods()[:2] == [("POST", "ConfigMap"), ("GET", "configmaps")]
+    assert ("PATCH", "configmaps") not in kube.methods() and ("POST", "Job") not in kube.methods()
+    assert outcome.requeue_after == controller_module.NAME_IN_USE_SECONDS
+    ready = next(c for c in memory.status["conditions"] if c["type"] == "ChildrenReady")  # type: ignore[index]
+    assert (ready["status"], ready["reason"]) == ("False", "NameInUse") and "ConfigMap gan-spec" in ready["message"]
+    assert "NameInUse" in kube.posted()
+
+
+def test_children_of_a_namesake_are_not_read_as_ours() -> None:
+    """The indexes key children by name: a Job (even Complete) and pods of a deleted job of the same name are not
+    adopted by its successor, whose first attempt is created instead."""
+    kube = FakeKube()
+    memory = JobMemory()
+    old_job = JobView("gan", 3, "j-old", complete=True, succeeded=1, owner_uid="u-old",
+                      restarts={"preemptions": 2, "failures": 1})
+    old_pod = PodView("gan-0", 3, 0, "Succeeded", owner_uid="u-old", job_uid="j-old")
+    outcome = controller(kube).reconcile(snap(jobs=(old_job,), pods=(old_pod,)), memory)
+    assert outcome.phase == "Pending"
+    status = memory.status or {}
+    assert status["attempt"] == 1 and status["restarts"] == {"preemptions": 0, "failures": 0}
+    assert ("POST", "Job") in kube.methods() and ("DELETE", "jobs") not in kube.methods()
 
 
 def test_relaunch_deletes_the_old_job_by_uid_in_the_foreground() -> None:

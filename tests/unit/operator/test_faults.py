@@ -144,3 +144,38 @@ def test_verdicts_are_immutable() -> None:
                          (Decision("fail", 0, 1, "r", "m"), "action")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(value, field, "x")
+
+
+# ------------------------------------------------------------------------ failure attribution (issue 14, finding 7)
+RANK1_FAILED = "Container trainer for pod team-a/gan-1-x7k2p failed with exit code 1 matching FailJob rule at index 1"
+
+
+def test_a_real_failure_is_not_a_free_preemption_when_the_job_controller_killed_the_other_ranks() -> None:
+    """Rank 1 exits 1; the Job controller fails the Job and kills rank 0, which dies of SIGTERM (143) or SIGKILL
+    (137). Whatever the operator sees first, the attempt failed: backoffLimit is spent."""
+    failed_job = JobView(name="gan", attempt=1, failed_reason="PodFailurePolicy", failed_message=RANK1_FAILED)
+    rank0 = pod("Failed", name="gan-0", index=0, exit_code=143, terminated_reason="Error")
+    rank1 = pod("Failed", name="gan-1", index=1, exit_code=1, terminated_reason="Error")
+    running_job = JobView(name="gan", attempt=1, active=1)
+    for job, pods in ((failed_job, [rank0, rank1]), (failed_job, [rank0]), (failed_job, []),
+                      (running_job, [rank0, rank1]), (running_job, [dataclasses.replace(rank0, exit_code=137),
+                                                                    rank1])):
+        outcome = attempt_outcome(job, pods, replicas=2, total_steps=10, record=None)
+        assert outcome.kind == "failed", (job, pods, outcome)
+        decision = decide(outcome, preemptions=0, failures=0, backoff_limit=3)
+        assert decision is not None and (decision.preemptions, decision.failures) == (0, 1)
+
+
+def test_the_job_controllers_verdict_names_a_disruption_or_a_signal() -> None:
+    disrupted = JobView(name="gan", attempt=1, failed_reason="PodFailurePolicy",
+                        failed_message="Pod team-a/gan-0-ab has condition DisruptionTarget matching FailJob rule at "
+                        "index 0")
+    rank1 = pod("Failed", name="gan-1", index=1, exit_code=1)  # killed after the disruption, exits 1 anyway
+    assert attempt_outcome(disrupted, [rank1], replicas=2, total_steps=10, record=None).kind == "disrupted"
+    killed = dataclasses.replace(disrupted, failed_message=RANK1_FAILED.replace("exit code 1", "exit code 137"))
+    outcome = attempt_outcome(killed, [], replicas=2, total_steps=10, record=None)
+    assert (outcome.kind, outcome.exit_code) == ("disrupted", 137)
+    # a pod with DisruptionTarget outranks another's failure (the disruption came first and killed it)
+    taken = pod("Failed", name="gan-0", index=0, exit_code=143, disruption="PreemptionByScheduler")
+    running = JobView(name="gan", attempt=1, active=1)
+    assert attempt_outcome(running, [taken, rank1], replicas=2, total_steps=10, record=None).kind == "disrupted"

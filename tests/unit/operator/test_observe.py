@@ -16,7 +16,7 @@ from ganops.checkpoints import LatestRecord
 from ganops.cost import CostFigures
 from ganops.operator import budget
 from ganops.operator.controller import merge_patch
-from ganops.operator.observe import JobView, PodView, job_view, parse_time, pod_view
+from ganops.operator.observe import JobView, PodView, job_view, owned, parse_time, pod_view
 from tests.support.jobs import grid_job
 
 NOW = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -181,3 +181,23 @@ def test_merge_patch() -> None:
     assert patch == {"x": None, "phase": "Pending", "conditions": [{"type": "A"}, {"type": "B"}],
                      "accounting": {"pods": {"a": None, "b": None, "c": 3.0}}}
     assert merge_patch(new, json.loads(json.dumps(new))) == {}
+
+
+def test_owner_uids_are_read_and_only_the_jobs_own_children_kept() -> None:
+    """A job re-applied under the same name (new uid) must not read its deleted namesake's Job and pods, which the
+    indexes file under the same name until the garbage collector removes them (issue 14, finding 2)."""
+    ref = {"apiVersion": "ganops.io/v1alpha1", "kind": "GanTrainingJob", "name": "gan", "uid": "u-new",
+           "controller": True}
+    job = job_view({"metadata": {"name": "gan", "uid": "j-new", "ownerReferences": [ref],
+                                 "labels": {"ganops.io/attempt": "1"}}})
+    assert job.owner_uid == "u-new"
+    old = dataclasses.replace(job, uid="j-old", owner_uid="u-old")
+    pod = pod_view({"metadata": {"name": "gan-0-a", "annotations": {"ganops.io/owner-uid": "u-new"},
+                                 "ownerReferences": [{"kind": "Job", "uid": "j-new", "controller": True}]}})
+    assert (pod.owner_uid, pod.job_uid) == ("u-new", "j-new")
+    old_pod = dataclasses.replace(pod, name="gan-0-b", owner_uid="u-old", job_uid="j-old")
+    legacy = dataclasses.replace(pod, name="gan-0-c", owner_uid=None)  # from before the annotation: by its Job
+    legacy_old = dataclasses.replace(legacy, name="gan-0-d", job_uid="j-old")
+    orphan = dataclasses.replace(job, owner_uid=None)
+    assert owned("u-new", (job, old, orphan), (pod, old_pod, legacy, legacy_old)) == ((job,), (pod, legacy))
+    assert owned("u-old", (job, old), (pod, old_pod, legacy_old)) == ((old,), (old_pod, legacy_old))

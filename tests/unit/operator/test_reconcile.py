@@ -530,3 +530,104 @@ def test_action_errors_are_reported_once() -> None:
     assert events == []
     assert cond(clear_action_error(status, NOW), "ChildrenReady")["status"] == "False"
     assert cond(clear_action_error(status, NOW), "ChildrenReady")["reason"] == "Created"
+
+
+# ------------------------------------------------------------------------------------------------ pods not starting
+
+
+@pytest.mark.parametrize(("pods", "failed_create", "reason", "said"), [
+    ((pod(phase="Pending", started=None, waiting_reason="CreateContainerConfigError",
+          waiting_message='secret "s3" not found'),), None, "CreateContainerConfigError", 'secret "s3" not found'),
+    ((pod(phase="Pending", started=None, waiting_reason="ImagePullBackOff", waiting_message="Back-off pulling"),),
+     None, "ImagePullBackOff", "Back-off pulling"),
+    ((pod(phase="Pending", started=None, unschedulable="0/1 nodes are available"),), None, "Unschedulable",
+     "0/1 nodes are available"),
+    ((), 'pods "gan-0-x" is forbidden: no PriorityClass with name high was found', "FailedCreate",
+     "no PriorityClass with name high"),
+], ids=["missing Secret", "image pull", "unschedulable", "FailedCreate (missing PriorityClass)"])
+def test_pods_not_starting_say_why_and_fail_the_attempt_after_start_timeout(
+        pods: tuple[PodView, ...], failed_create: str | None, reason: str, said: str) -> None:
+    """Issue 14, finding 5: the reason the cluster gives, in a PodsNotStarting condition (one Warning), and past
+    runPolicy.startTimeoutSeconds (from the Job's start) the attempt fails with it, spending backoffLimit."""
+    spec = spec_of(runPolicy={"startTimeoutSeconds": 60, "backoffLimit": 1})
+    created = R.reconcile(job_in(spec=spec), Observed(), NOW).status
+    job = kjob(created=NOW, started=NOW)
+    waiting = R.reconcile(job_in(created, spec), Observed(job=job, pods=pods, failed_create=failed_create),
+                          NOW + dt.timedelta(seconds=10))
+    stuck = cond(waiting, "PodsNotStarting")
+    assert (stuck["status"], stuck["reason"]) == ("True", reason) and said in stuck["message"], stuck
+    assert wire(waiting)["phase"] == "Pending" and said in wire(waiting)["message"]
+    assert reasons(waiting) == ["PodsNotStarting"] and waiting.actions == []
+    assert waiting.requeue_after is not None and waiting.requeue_after <= 50
+
+    again = R.reconcile(job_in(waiting.status, spec), Observed(job=job, pods=pods, failed_create=failed_create),
+                        NOW + dt.timedelta(seconds=20))
+    assert again.events == []  # the same reason: said once
+
+    late = R.reconcile(job_in(again.status, spec), Observed(job=job, pods=pods, failed_create=failed_create),
+                       NOW + dt.timedelta(seconds=61))
+    st = wire(late)
+    assert st["restarts"] == {"preemptions": 0, "failures": 1} and st["attempt"] == 2
+    assert "startTimeoutSeconds=60" in st["message"] and reason in st["message"], st
+    assert kinds(late) == ["DeleteJob", "EnsureChildren"]
+
+    spent = R.reconcile(job_in(late.status, spec), Observed(job=kjob(2, created=NOW, started=NOW), pods=tuple(
+        PodView(**{**p.__dict__, "attempt": 2}) for p in pods), failed_create=failed_create),
+        NOW + dt.timedelta(seconds=200))
+    failed = cond(spent, "Failed")
+    assert wire(spent)["phase"] == "Failed" and failed["reason"] == "BackoffLimitExceeded", failed
+    assert reason in failed["message"], failed
+
+
+def test_without_start_timeout_pods_may_wait_and_starting_clears_the_condition() -> None:
+    created = R.reconcile(job_in(), Observed(), NOW).status
+    stuck = (pod(phase="Pending", started=None, waiting_reason="ErrImagePull"),)
+    waiting = R.reconcile(job_in(created), Observed(job=kjob(created=NOW), pods=stuck), NOW + dt.timedelta(days=3))
+    assert cond(waiting, "PodsNotStarting")["status"] == "True" and wire(waiting)["phase"] == "Pending"
+    running = R.reconcile(job_in(waiting.status), Observed(job=kjob(created=NOW), pods=(pod(),)),
+                          NOW + dt.timedelta(days=3))
+    assert (cond(running, "PodsNotStarting")["status"], cond(running, "PodsNotStarting")["reason"]) == (
+        "False", "PodsStarted")
+    # ordinary progress (ContainerCreating) is not a reason; a Job Kueue has not admitted yet has no clock
+    creating = (pod(phase="Pending", started=None, waiting_reason="ContainerCreating"),)
+    spec = spec_of(runPolicy={"startTimeoutSeconds": 5}, queueName="team-a")
+    fresh = R.reconcile(job_in(spec=spec), Observed(), NOW).status
+    ok = R.reconcile(job_in(fresh, spec), Observed(job=kjob(created=NOW, started=NOW), pods=creating),
+                     NOW + dt.timedelta(seconds=2))
+    assert cond(ok, "PodsNotStarting") == {}
+    queued = R.reconcile(job_in(fresh, spec), Observed(job=kjob(created=NOW, suspended=True)),
+                         NOW + dt.timedelta(hours=5))
+    assert wire(queued)["phase"] == "Pending" and cond(queued, "Running")["reason"] == "Queued"
+    assert queued.actions == []
+
+
+@pytest.mark.parametrize("reason", ["Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown", "Terminated",
+                                    "UnexpectedAdmissionError"])
+def test_each_platform_reason_relaunches_without_spending_backoff(reason: str) -> None:
+    """The 7 pod.status.reason values of a pod the platform took (4 of them had no test: issue 14's mutation gap),
+    through the whole decision: a relaunch from the checkpoint, a preemption counted, backoffLimit untouched."""
+    status = running_status(spec_of(runPolicy={"backoffLimit": 0}))
+    taken = pod(phase="Failed", reason=reason, exit_code=1, terminated_reason="Error")
+    plan = R.reconcile(job_in(status, spec_of(runPolicy={"backoffLimit": 0})), Observed(job=kjob(), pods=(taken,)),
+                       NOW)
+    st = wire(plan)
+    assert st["phase"] == "Pending" and st["attempt"] == 2, st
+    assert st["restarts"] == {"preemptions": 1, "failures": 0}
+    assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and "Preempted" in reasons(plan)
+
+
+def test_a_job_suspended_after_it_started_is_relaunched_as_a_preemption() -> None:
+    """Issue 14, finding 6: Kueue preempts by suspending the Job in place; its pods exit 0 after their checkpoint,
+    so the indexes may count as completed. The attempt is a disruption: a new, whole attempt, backoff not spent."""
+    spec = spec_of(queueName="team-a")
+    status = running_status(spec)
+    stopped = pod(phase="Succeeded", exit_code=0, finished=NOW)
+    plan = R.reconcile(job_in(status, spec), Observed(job=kjob(suspended=True, succeeded=1), pods=(stopped,)), NOW)
+    st = wire(plan)
+    assert st["attempt"] == 2 and st["restarts"] == {"preemptions": 1, "failures": 0}, st
+    assert kinds(plan) == ["DeleteJob", "EnsureChildren"] and "Preempted" in reasons(plan)
+    assert "suspended after it started" in st["message"]
+    # a Job that never ran is only queued
+    fresh = R.reconcile(job_in(spec=spec), Observed(), NOW).status
+    queued = R.reconcile(job_in(fresh, spec), Observed(job=kjob(suspended=True)), NOW)
+    assert queued.actions == [] and cond(queued, "Running")["reason"] == "Queued"

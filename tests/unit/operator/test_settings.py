@@ -116,8 +116,10 @@ def test_rbac_is_least_privilege_and_never_reads_secrets() -> None:
     assert grants[("ganops.io", "gantrainingjobs/finalizers")] == {"update"}
     assert grants[("batch", "jobs")] == {"get", "list", "watch", "create", "delete"}
     assert grants[("", "pods")] == {"get", "list", "watch"}  # pods are observed, never changed
-    assert grants[("", "events")] == {"create", "patch"}
-    assert {"create"} <= grants[("", "configmaps")] and {"create"} <= grants[("", "services")]
+    assert grants[("", "events")] == {"list", "create", "patch"}  # list: the Job's FailedCreate events
+    # get: whose the object behind a 409 is; never list/watch or delete (the garbage collector deletes them)
+    assert grants[("", "configmaps")] == {"get", "create", "patch"}
+    assert grants[("", "services")] == {"get", "create"}
     binding = next(doc for doc in documents("rbac.yaml") if doc["kind"] == "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ganops-operator",
                                     "namespace": "ganops-system"}]
@@ -151,3 +153,21 @@ def test_the_operator_never_imports_torch() -> None:
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+def test_the_kopf_floor_is_the_one_configure_kopf_needs() -> None:
+    """Issue 14, finding 8: pyproject said kopf>=1.37 while the startup handler sets watching.label_selectors, new
+    in kopf 1.45 (an older kopf crashed the operator at start). The floor is stated once in settings, with why."""
+    import re
+    from importlib.metadata import version
+
+    from ganops.operator.settings import KOPF_FLOOR, OperatorConfig, configure_kopf
+
+    pyproject = (Path(__file__).parents[3] / "pyproject.toml").read_text()
+    floor = re.search(r'"kopf>=([0-9.]+)"', pyproject)
+    assert floor is not None and tuple(int(p) for p in floor.group(1).split(".")) == KOPF_FLOOR
+    installed = tuple(int(p) for p in version("kopf").split(".")[:2])
+    assert installed >= KOPF_FLOOR
+    settings = kopf.OperatorSettings()
+    configure_kopf(settings, OperatorConfig())
+    assert sorted(settings.watching.label_selectors.values()) == ["ganops.io/job", "ganops.io/job"]
