@@ -3,7 +3,8 @@
 A GanTrainingJob applied with the real kubectl becomes the operator's ConfigMap and Indexed Job; the real Job
 controller creates the pod, the real scheduler binds it to the test node, the node runs `ganops train` from the
 pod's own spec, and the job succeeds. Deleting the GanTrainingJob leaves the children to the real garbage
-collector. Pods that never start are observed as they are today (the fixes are issue 14's second half).
+collector. Pods that never start are observed as they are today (the fixes are issue 14's second half). The
+operator runs as the Helm chart's ServiceAccount, with the chart's RBAC (tests/support/controlplane/chart.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import yaml
 
 from tests.support.controlplane import ControlPlane, wait_gone
 from tests.support.controlplane.fixtures import NODE_NAME
+from tests.support.controlplane.identity import TokenClient
 from tests.support.jobs import grid_job
 from tests.support.kube import KopfProcess
 from tests.support.kube.client import KubeClient
@@ -31,14 +33,15 @@ CHECKPOINTS = "checkpoints"  # under the test's tmp_path: the operator and the p
 
 
 @pytest.fixture
-def start_operator(cp_kube: KubeClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,
+def start_operator(cp_operator_kube: TokenClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,
                    tmp_path: Path) -> Iterator[OperatorFactory]:
-    """`kopf run` as a subprocess with the admin kubeconfig, watching the test's namespace (the chart's
-    ServiceAccount and RBAC come with issue 14's second half)."""
+    """`kopf run` as a subprocess watching the test's namespace, logged in as the chart's operator ServiceAccount
+    (a TokenRequest token of the release `cp_chart` installed with helm): the real RBAC authorizer judges every
+    request by the chart's ClusterRole, so a verb the operator needs and the chart lacks fails here."""
     processes: list[KopfProcess] = []
 
     def start(**env: str) -> KopfProcess:
-        process = KopfProcess(cp_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
+        process = KopfProcess(cp_operator_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
         processes.append(process)
         return process.start({
             "GANOPS_CHECKPOINT_URI": f"file://{tmp_path / CHECKPOINTS}",
