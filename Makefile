@@ -65,6 +65,12 @@ bench: install
 	$(PY) -m benchmarks.train_throughput
 	$(PY) -m benchmarks.toy_modes
 
+# The operator at 25 and 50 GanTrainingJob creates/s: on the real control plane (make controlplane) and, as the
+# baseline in the same run, on the emulator; reports/operator_scale.{md,json} (about 10 min on two busy cores).
+.PHONY: bench-operator
+bench-operator: install controlplane
+	$(PY) -m benchmarks.operator_scale --jobs 500 --rates 25 50 --backends emulator controlplane
+
 # The CRD from the pydantic model, then everything generated from the chart (scripts/chart.py): the chart's copy
 # of the CRD, values.schema.json from values.yaml, and manifests/{operator,serving,monitoring} + kustomization.yaml.
 manifests: install

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-pytest_plugins = ["tests.support.fixtures"]
+pytest_plugins = ["tests.support.fixtures", "tests.support.controlplane.fixtures"]
 
 # Two cores are shared by the whole suite: one torch thread per test process keeps timings stable.
 torch.set_num_threads(int(os.environ.get("GANOPS_TEST_THREADS", "1")))

@@ -1,12 +1,21 @@
 """One job from `kubectl apply` to a served, watermarked image, on real servers on 127.0.0.1.
 
-- Kubernetes: the emulator (`tests.support.kube`) with CRD admission, and the real operator as `kopf run`;
-- a test-only node (`tests.support.node`) that plays the Job controller and the kubelet: every pod the operator's
-  Jobs produce runs as a local process started from the pod's own command, env (the S3 credentials come from the
-  Secret through `envFrom`) and volumes (the job file ConfigMap), so the operator's rendered pod is what trains;
+- Kubernetes: the real control plane (tests/support/controlplane: etcd, kube-apiserver with RBAC and PodSecurity,
+  kube-controller-manager, kube-scheduler, built by `make controlplane`), shared with the session's other tests.
+  The jobs are applied with the real `kubectl apply -f`; the CRD's schema and CEL rules are the API server's.
+  The chart is installed with the real helm (`cp_chart`), and the operator runs as `kopf run` logged in as the
+  chart's operator ServiceAccount (a TokenRequest token): its RBAC is the chart's, judged by the real authorizer.
+  The job namespace enforces PodSecurity `restricted`;
+- the real Job controller creates each Indexed Job's pod, the real scheduler binds it to the test node
+  (`tests.support.node`, a kubelet): every pod runs as a local process started from the pod's own command, env (the
+  S3 credentials come from the Secret through `envFrom`) and volumes (the job file ConfigMap), so the operator's
+  rendered pod is what trains;
 - moto's S3 server (checkpoints, MLflow's artifacts, the serving audit log), `mlflow server` with S3 artifacts,
   Debian's `prometheus` with the dashboards' rules, and the serving app under uvicorn following
   `ml-e2e.digits-e2e@production`.
+
+No emulator: nothing here needs a fault the real API server cannot produce. Skipped (with the reason) where the
+control plane is not built, like the other control-plane tests.
 
 The flow: apply a 2-D grid job and a digits job → their pods start → checkpoints land in S3 → the status shows
 step, quality and cost → both succeed → promotion passes the gates and moves each model's alias → the running
@@ -20,7 +29,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,19 +43,21 @@ import yaml
 from dashboards import contract
 
 from ganops import storage, tracking
-from ganops.api.crd import build_crd
 from ganops.serving.app import create_app
 from ganops.serving.safety.audit import read_audit_lines, verify_records
 from ganops.serving.settings import ServingSettings
-from tests.support.kube import KopfProcess, KopfProcessFactory, KubeAPI
-from tests.support.kube.admission import schema_admission
+from tests.support.controlplane import ControlPlane
+from tests.support.controlplane.chart import RESTRICTED, Release
+from tests.support.controlplane.fixtures import NODE_NAME
+from tests.support.controlplane.identity import TokenClient
+from tests.support.kube import KopfProcess
+from tests.support.kube.client import KubeClient
 from tests.support.mlflow_server import MlflowServer
 from tests.support.moto_server import MotoS3Server
 from tests.support.node import Node
 from tests.support.prometheus import PrometheusServer, prometheus_executable
 from tests.support.serving import ServerThread, api_keys_file, free_port
 
-pytest_plugins = ["tests.support.kube.fixtures"]
 pytestmark = [
     pytest.mark.skipif(prometheus_executable() is None, reason="Debian's prometheus is not installed "
                                                                "(make system-deps)"),
@@ -105,11 +115,6 @@ SECOND_DIGITS["metadata"]["name"] = "digits-e2e-b"
 SECOND_DIGITS["spec"]["training"]["seed"] = 1
 
 
-@pytest.fixture
-def kube_api_options() -> dict[str, Any]:
-    return {"admission": schema_admission}  # the CRD's schema and CEL rules judge the applied files
-
-
 def poll(check: Callable[[], T | None], timeout: float, what: str | Callable[[], str], interval: float = 0.25) -> T:
     """Call `check` until it returns something truthy; fail with `what` (and the last value) after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -154,7 +159,7 @@ class ComponentsPrometheus(PrometheusServer):
 class PodMonitor:
     """The trainer PodMonitor's discovery: Running pods labelled `ganops.io/job`, at `<podIP>:<metrics port>`."""
 
-    def __init__(self, kube: KubeAPI, prom: ComponentsPrometheus) -> None:
+    def __init__(self, kube: KubeClient, prom: ComponentsPrometheus) -> None:
         self.kube = kube
         self.prom = prom
         self.seen: set[str] = set()  # every target ever discovered
@@ -175,7 +180,7 @@ class PodMonitor:
         while not self._stop.wait(0.3):
             try:
                 pods = self.kube.list("v1", "Pod", NS, label_selector="ganops.io/job")
-            except Exception:  # the emulator is shutting down or busy: next round
+            except Exception:  # the API server is busy or the test is ending: next round
                 continue
             targets = []
             for pod in pods:
@@ -224,7 +229,8 @@ class Traffic:
 
 @dataclass
 class Platform:
-    kube: KubeAPI
+    control_plane: ControlPlane
+    kube: KubeClient
     node: Node
     operator: KopfProcess
     s3: MotoS3Server
@@ -257,8 +263,8 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory,
-             moto_s3: MotoS3Server) -> Iterator[Platform]:
+def platform(tmp_path: Path, control_plane: ControlPlane, cp_kube: KubeClient, cp_node: Node, cp_chart: Release,
+             cp_operator_kube: TokenClient, moto_s3: MotoS3Server) -> Iterator[Platform]:
     bucket = moto_s3.create_bucket("e2e")
     # MLflow's artifact store is S3 too (proxied: clients never need its credentials). It starts in the
     # background while the rest comes up.
@@ -267,24 +273,22 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
     prom = ComponentsPrometheus(root=tmp_path / "prometheus", rule_files=[contract.RULES_FILE])
     stack: list[Callable[[], None]] = [mlflow.stop]
     try:
-        kube_api.register_crd(build_crd())
-        kube_api.ensure_namespace(NS)
-        # The platform's S3 credentials, as an admin would install them; the operator only names the Secret.
+        # The jobs' namespace, as a cluster admin prepares it: PodSecurity restricted, the trainers' S3 Secret.
+        control_plane.ensure_namespace(NS, RESTRICTED)
+        stack.append(lambda: cp_kube.delete("v1", "Namespace", None, NS, missing_ok=True))
         creds = {k: v for k, v in moto_s3.env().items() if k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                                                  "AWS_DEFAULT_REGION")}
-        kube_api.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                         "metadata": {"name": S3_SECRET, "namespace": NS},
-                         "data": {k: base64.b64encode(v.encode()).decode() for k, v in creds.items()}})
-        venv_bin = str(Path(sys.executable).parent)
-        node = Node(kube_api, tmp_path / "node", job_selector="ganops.io/job", namespaces=(NS,),
-                    image_env={"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-                               # the trainer image on two shared cores: one torch thread per pod
-                               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-                    pod_network_env=lambda ip: {"GANOPS_METRICS_ADDR": ip}).start()
-        stack.append(node.stop)
+        cp_kube.create({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                        "metadata": {"name": S3_SECRET, "namespace": NS},
+                        "data": {k: base64.b64encode(v.encode()).decode() for k, v in creds.items()}})
+        node = cp_node
         mlflow.wait()
         operator_port, trainer_port = free_port(), free_port()
-        operator = kopf_process(["ganops.operator.main"], namespaces=[NS], env={
+        # The operator as the chart's operator ServiceAccount: its token, its RBAC. Its own S3 credentials (to read
+        # latest.json) come from the environment, as the chart's optional ganops-operator-s3 Secret would give them.
+        operator = KopfProcess(cp_operator_kube, ["ganops.operator.main"], namespaces=[NS])
+        stack.append(operator.close)
+        operator.start({
             "GANOPS_CHECKPOINT_URI": f"s3://{bucket}/checkpoints",
             "GANOPS_S3_SECRET": S3_SECRET,
             "GANOPS_S3_ENDPOINT_URL": moto_s3.endpoint_url,
@@ -298,7 +302,7 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
         prom.start()
         stack.append(prom.stop)
         prom.set_job_targets("ganops-operator", [(f"127.0.0.1:{operator_port}", {"namespace": "ganops-system"})])
-        monitor = PodMonitor(kube_api, prom).start()
+        monitor = PodMonitor(cp_kube, prom).start()
         stack.append(monitor.stop)
         keys = api_keys_file(tmp_path / "api-keys", {"e2e": API_KEY})
         settings = ServingSettings(
@@ -318,8 +322,8 @@ def platform(tmp_path: Path, kube_api: KubeAPI, kopf_process: KopfProcessFactory
         client = httpx.Client(base_url=serving.url, timeout=60, headers=auth)
         grid_client = httpx.Client(base_url=grid_serving.url, timeout=60, headers=auth)
         stack += [client.close, grid_client.close]
-        yield Platform(kube_api, node, operator, moto_s3, bucket, mlflow, prom, serving, client, grid_serving,
-                       grid_client, trainer_port, {})
+        yield Platform(control_plane, cp_kube, node, operator, moto_s3, bucket, mlflow, prom, serving, client,
+                       grid_serving, grid_client, trainer_port, {})
     finally:
         for stop in reversed(stack):
             stop()
@@ -340,9 +344,10 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert p.client.get("/healthz").status_code == 200
     assert p.client.get("/readyz").status_code == 503
 
-    # kubectl apply -f jobs.yaml
-    for doc in yaml.safe_load_all(JOBS):
-        p.kube.create(doc)
+    # kubectl apply -f jobs.yaml (the real kubectl; the API server's CRD schema and CEL rules judge the file)
+    applied = p.control_plane.kubectl("apply", "-f", "-", input=JOBS)
+    assert applied.stdout.split("\n")[:2] == ["gantrainingjob.ganops.io/grid-e2e created",
+                                              "gantrainingjob.ganops.io/digits-e2e created"], applied.stdout
 
     # The operator renders one Indexed Job per GanTrainingJob; the node starts each pod from that spec.
     def running_pods() -> dict[str, dict[str, Any]] | None:
@@ -408,12 +413,17 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
         assert any(f"step-{STEPS[name]:09d}/manifest.json" in key for key in steps), steps
     assert statuses["digits-e2e"]["metrics"]["fid"] < 100
     assert statuses["grid-e2e"]["metrics"]["modes"] >= 15
-    # Every pod ran to completion as the Job controller and kubelet report it.
+    # Every pod ran to completion as the real Job controller and the kubelet report it (the operator judges by the
+    # pods; the Job controller marks the Job Complete a moment later), bound to the test node by the real scheduler.
     for name in STEPS:
-        job = p.kube.get("batch/v1", "Job", NS, name)
-        assert _condition(job["status"], "Complete").get("status") == "True", job["status"]
+        job = poll(lambda n=name: (lambda j: j if _condition(j["status"], "Complete").get("status") == "True"
+                                   else None)(p.kube.get("batch/v1", "Job", NS, n)),
+                   30, f"the Job controller marks {name} Complete")
+        assert job["status"]["succeeded"] == 1 and job["status"].get("completedIndexes") == "0", job["status"]
         (pod,) = p.kube.list("v1", "Pod", NS, label_selector=f"ganops.io/job={name}")
         assert pod["status"]["phase"] == "Succeeded"
+        assert pod["spec"]["nodeName"] == NODE_NAME
+        assert [ref["uid"] for ref in pod["metadata"]["ownerReferences"]] == [job["metadata"]["uid"]]
         assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
 
     # The trainer kept to its volumes: nothing written where the pod's root filesystem is read-only.
@@ -506,7 +516,7 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     # to version 2 in place, with no failed request, and each client sees version 1, then only version 2.
     traffic = Traffic(p.serving.url, API_KEY)
     poll(lambda: len(traffic.seen) >= 3, 30, "traffic before the second promotion")
-    p.kube.create({**SECOND_DIGITS, "metadata": {**SECOND_DIGITS["metadata"]}})
+    p.control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(SECOND_DIGITS))
     second = poll(partial(finished, "digits-e2e-b"), 240, partial(p.diagnostics, "digits-e2e-b promoted"))
     statuses["digits-e2e-b"] = second
     assert second["promotedVersion"] != digits_version

@@ -1,6 +1,7 @@
 """Tests against the real control plane (tests/support/controlplane): etcd, kube-apiserver, kube-controller-manager
 and kube-scheduler built by `make controlplane`, and the test node. Skipped, with the reason, where the binaries
-are not built (unless GANOPS_CONTROLPLANE=required)."""
+are not built (unless GANOPS_CONTROLPLANE=required). The fixtures come from tests/support/controlplane/fixtures.py,
+loaded by the root conftest: one control plane for the whole pytest session."""
 
 from __future__ import annotations
 
@@ -11,48 +12,30 @@ from typing import Any
 
 import pytest
 
-from tests.support.controlplane import ControlPlane
-from tests.support.controlplane.fixtures import control_plane, cp_kube, cp_namespace, cp_node  # noqa: F401
+from tests.support.controlplane.identity import TokenClient
 from tests.support.kube import KopfProcess
-from tests.support.kube.client import KubeClient
 from tests.support.node import Node
-
-CRD_FILE = Path(__file__).resolve().parents[3] / "manifests" / "crd" / "ganops.io_gantrainingjobs.yaml"
-
-
-@pytest.fixture(scope="session", autouse=True)
-def ganops_crd(control_plane: ControlPlane) -> subprocess.CompletedProcess[str]:  # noqa: F811
-    """The project's CRD, applied once per session with the real kubectl, as an admin installs it; the API server
-    checks it is structural and estimates its CEL rules' cost. Waits until it is established.
-
-    Applied as the session starts (autouse): the garbage collector finds a new kind at its next discovery sync,
-    every 30 s, and until then does not see a GanTrainingJob go, so deleting one soon after the CRD was created
-    leaves its children for up to 30 s more (test_operator.py measures it)."""
-    applied = control_plane.kubectl("apply", "-f", str(CRD_FILE))
-    kube = control_plane.client()
-
-    def established() -> bool:
-        crd = kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "gantrainingjobs.ganops.io")
-        return any(c["type"] == "Established" and c["status"] == "True"
-                   for c in (crd.get("status") or {}).get("conditions") or [])
-
-    kube.wait_for(established, timeout=60, message="gantrainingjobs.ganops.io established")
-    return applied
-
 
 OperatorFactory = Callable[..., KopfProcess]
 CHECKPOINTS = "checkpoints"  # under the test's tmp_path: the operator and the pods share this machine's files
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _crd_first(ganops_crd: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """The CRD as this directory's first tests start (see `ganops_crd`: the garbage collector's discovery)."""
+    return ganops_crd
+
+
 @pytest.fixture
-def start_operator(cp_kube: KubeClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,  # noqa: F811
+def start_operator(cp_operator_kube: TokenClient, cp_namespace: str, cp_node: Node, ganops_crd: Any,
                    tmp_path: Path) -> Iterator[OperatorFactory]:
-    """`kopf run` as a subprocess with the admin kubeconfig, watching the test's namespace (the chart's
-    ServiceAccount and RBAC come with issue 14's second half)."""
+    """`kopf run` as a subprocess watching the test's namespace, logged in as the chart's operator ServiceAccount
+    (a TokenRequest token of the release `cp_chart` installed with helm): the real RBAC authorizer judges every
+    request by the chart's ClusterRole, so a verb the operator needs and the chart lacks fails here."""
     processes: list[KopfProcess] = []
 
     def start(**env: str) -> KopfProcess:
-        process = KopfProcess(cp_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
+        process = KopfProcess(cp_operator_kube, ["ganops.operator.main"], namespaces=[cp_namespace])
         processes.append(process)
         return process.start({
             "GANOPS_CHECKPOINT_URI": f"file://{tmp_path / CHECKPOINTS}",
@@ -65,5 +48,3 @@ def start_operator(cp_kube: KubeClient, cp_namespace: str, cp_node: Node, ganops
     yield start
     for process in processes:
         process.close()
-
-

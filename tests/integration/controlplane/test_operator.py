@@ -3,7 +3,8 @@
 A GanTrainingJob applied with the real kubectl becomes the operator's ConfigMap and Indexed Job; the real Job
 controller creates the pod, the real scheduler binds it to the test node, the node runs `ganops train` from the
 pod's own spec, and the job succeeds. Deleting the GanTrainingJob leaves the children to the real garbage
-collector. Pods that never start are observed as they are today (the fixes are issue 14's second half).
+collector. Pods that never start give `PodsNotStarting` with the cluster's reason and fail past the start timeout.
+The operator runs as the Helm chart's ServiceAccount, with the chart's RBAC (tests/support/controlplane/chart.py).
 """
 
 from __future__ import annotations

@@ -335,9 +335,13 @@ class KubeClient:
                     raw=raw,
                 )
             )
+        # A real API server serves the same stored Event through both APIs (the emulator keeps them apart): one each.
+        unique: dict[str, KubeEvent] = {}
+        for event in found:
+            unique.setdefault(event.raw["metadata"].get("uid") or str(id(event)), event)
         found = [
             event
-            for event in found
+            for event in unique.values()
             if (involved_name is None or event.involved_name == involved_name)
             and (involved_kind is None or event.involved_kind == involved_kind)
         ]
