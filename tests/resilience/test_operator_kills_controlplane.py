@@ -121,7 +121,7 @@ def test_operator_sigkilled_on_the_real_control_plane_duplicates_nothing(
         output = operator.output
         operator.close()
 
-    duplicates, lost_events, problems = 0, 0, []
+    duplicates, problems = 0, []
     for name in names:
         status = final[name]
         duplicates += len(jobs.uids[name]) - 1 + len(configmaps.uids[f"{name}-spec"]) - 1
@@ -134,16 +134,14 @@ def test_operator_sigkilled_on_the_real_control_plane_duplicates_nothing(
             "attempt 1": status.get("attempt") == 1,
             "no restart counted": status.get("restarts") == {"preemptions": 0, "failures": 0},
             "all steps": status.get("step") == steps,
-            "events": {"Running", "Succeeded"} <= reasons,
+            # Found here (seed 14, first run): a kill after the children were created and before the `Created`
+            # Event was posted lost it for good; the restarted operator now announces the children it adopts.
+            "events": {"Created", "Running", "Succeeded"} <= reasons,
         }
-        # Found here (seed 14, first run): a kill after the children were created and before the `Created` Event
-        # was posted loses that Event for good (the restarted operator finds its children and moves on). Counted
-        # in the report, not asserted, until the operator posts it on adoption (the operator is outside this change).
-        lost_events += int("Created" not in reasons)
         problems += [f"{name}: {what} (status {status}, Jobs {jobs.uids[name]}, events {reasons})"
                      for what, ok in expected.items() if not ok]
     figures.update(operator_kills=kills, jobs=len(names), duplicate_children=duplicates,
-                   lost_transitions=len(problems), lost_created_events=lost_events)
+                   lost_transitions=len(problems))
     assert kills >= 3
     assert problems == [], problems
     assert not cp_node.failures, cp_node.failures

@@ -258,6 +258,9 @@ def _attempt_job(st: StatusBuilder, plan: Plan, job: JobInput, spec: GanTraining
     if job_obj is None:
         _launch(st, plan, job, spec, attempt, restarts, observed)
         return None
+    if not st.is_("Created"):
+        # Our children, created by an operator killed before it recorded them: record (and announce) them now.
+        _record_created(st, job, spec, attempt)
     return job_obj
 
 
@@ -376,6 +379,11 @@ def _launch(
 ) -> None:
     resume = st.status.last_checkpoint.uri if st.status.last_checkpoint is not None else None
     plan.actions.append(EnsureChildren(attempt, dict(restarts), resume))
+    _record_created(st, job, spec, attempt)
+    plan.wake_in(CREATED_CHECK_SECONDS)
+
+
+def _record_created(st: StatusBuilder, job: JobInput, spec: GanTrainingJobSpec, attempt: int) -> None:
     if st.status.start_time is None:
         st.status.start_time = format_time(st.now)
     if st.condition("Created", True, "ChildrenCreated", f"Job {job.name} (attempt {attempt})"):
@@ -384,7 +392,6 @@ def _launch(
     if st.phase is None:  # first launch: the whole initial status in one write
         st.condition("Running", False, "Pending", "waiting for the pods to start")
         st.set_phase("Pending", "waiting for the pods to start")
-    plan.wake_in(CREATED_CHECK_SECONDS)
 
 
 def _finished(

@@ -131,6 +131,18 @@ def test_first_reconcile_creates_the_children_and_says_so_once() -> None:
     assert wire(again)["startTime"] == st["startTime"]
 
 
+def test_children_created_by_an_operator_killed_before_its_status_are_recorded_and_announced() -> None:
+    """Killed after creating the children but before posting `Created` and writing the status: the next operator
+    adopts the Job and records the transition then (tests/resilience/test_operator_kills_controlplane.py)."""
+    plan = R.reconcile(job_in(), Observed(job=kjob(), pods=(pod(phase="Pending"),)), NOW)
+    assert plan.actions == [] and reasons(plan) == ["Created"]
+    st = wire(plan)
+    assert cond(st, "Created")["status"] == "True" and st["phase"] == "Pending" and st["attempt"] == 1
+    assert st["startTime"] == "2025-01-01T12:00:00Z"
+    again = R.reconcile(job_in(plan.status), Observed(job=kjob(), pods=(pod(phase="Pending"),)), NOW)
+    assert again.events == []
+
+
 def test_pending_then_running_with_one_event_per_transition() -> None:
     created = R.reconcile(job_in(), Observed(), NOW).status
     pending = R.reconcile(job_in(created), Observed(job=kjob(), pods=(pod(phase="Pending"),)), NOW)
