@@ -25,7 +25,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], out_dir: Path, args: tuple[Any, ...]) -> None:
+def _entry(rank: int, world_size: int, port: int, fn: Callable[..., None], out_dir: Path,
+           args: tuple[Any, ...]) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)

@@ -344,7 +344,7 @@ class Trainer:
             r1 = self.r1_due(i)
             if r1:  # R1 differentiates D(real) w.r.t. real: the one forward below serves both losses
                 real = real.detach().requires_grad_(True)
-            z = sample_latent(real.shape[0], spec.model.latent_dim, gen, self.device)
+            z = sample_latent(real.shape[0], spec.model.latent_dim, gen)  # on the generator's device
             y_fake = self._fake_labels(real.shape[0], gen)
             last = i == critic_steps - 1  # only the last critic step's fakes feed the generator's step
             with self._autocast():

@@ -75,7 +75,9 @@ def gradient_penalty(
     if alpha is None:
         source = generator.device if generator is not None else real.device
         alpha = torch.rand(n, generator=generator, device=source)
-    a = alpha.to(device=real.device, dtype=torch.float32).reshape(n, *([1] * (real.dim() - 1)))
+    # drawn on the trainer's device already: no copy (a cross-device .to would synchronise every step)
+    alpha = alpha.to(dtype=torch.float32) if alpha.device == real.device else alpha.to(real.device, torch.float32)
+    a = alpha.reshape(n, *([1] * (real.dim() - 1)))
     x_hat = (a * real32 + (1.0 - a) * fake32).requires_grad_(True)
     out = _call(d, x_hat, y)
     with _no_autocast(x_hat):

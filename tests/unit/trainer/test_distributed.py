@@ -23,8 +23,8 @@ from ganops.models.dcgan import DCGANDiscriminator
 from ganops.trainer import distributed as dist_utils
 from ganops.trainer.distributed import DistContext, GradReducer
 from ganops.trainer.evaluator import Evaluator
-from ganops.trainer.losses import r1_penalty
 from ganops.trainer.loop import RunContext, Trainer
+from ganops.trainer.losses import r1_penalty
 from ganops.trainer.run import context_for
 from tests.support.ddp import run_ranks
 from tests.support.jobs import as_job, digits_job
@@ -73,7 +73,8 @@ def _train_resume_evaluate(ctx: DistContext, out: Path, root: Path) -> None:
         single = Evaluator(spec, trainer.dataset, reference_root=f"file://{root}/ref-single")
         single_numbers = single.evaluate(trainer.ema.ema_model, trainer.step).numeric()  # type: ignore[union-attr]
     torch.save({"first_z": latents[0], "resumed_from": 4, "step": result.step, "agreed_at": agreed_at,
-                "g": {k: v.detach() for k, v in trainer.g.named_parameters()}, "report": None if report is None else report.numeric(),
+                "g": {k: v.detach() for k, v in trainer.g.named_parameters()},
+                "report": None if report is None else report.numeric(),
                 "single": single_numbers}, out / f"rank{ctx.rank}.pt")
 
 

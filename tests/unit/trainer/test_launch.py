@@ -103,4 +103,5 @@ def test_sigterm_to_a_two_process_torchrun_pod_checkpoints_once_exits_0_and_is_a
                               record=LatestRecord(step=step, uri=record["uri"]))
     assert (outcome.kind, outcome.reason) == ("disrupted", "StoppedEarly")
     decision = decide(outcome, preemptions=0, failures=0, backoff_limit=0)
-    assert decision is not None and (decision.action, decision.reason, decision.failures) == ("relaunch", "Preempted", 0)
+    assert decision is not None
+    assert (decision.action, decision.reason, decision.failures) == ("relaunch", "Preempted", 0)

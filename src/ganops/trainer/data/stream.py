@@ -50,7 +50,8 @@ _mix = mix_seed
 
 
 def _hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=g, device=g.device) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    flip = torch.rand(x.shape[0], generator=g, device=g.device) < 0.5
+    flip = (flip if flip.device == x.device else flip.to(x.device)).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(3), x)
 
 
@@ -58,7 +59,8 @@ def _translate(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Shift each image by up to 1/8 of its size (at least 1 px) per axis; borders are filled by reflection."""
     b, c, h, w = x.shape
     s = max(1, min(h, w) // 8)
-    shifts = torch.randint(-s, s + 1, (b, 2), generator=g, device=g.device).to(x.device)
+    shifts = torch.randint(-s, s + 1, (b, 2), generator=g, device=g.device)
+    shifts = shifts if shifts.device == x.device else shifts.to(x.device)
     padded = F.pad(x, (s, s, s, s), mode="reflect")
     # Two separable gathers (rows, then columns): vectorised on any device, twice as fast as one 4-D index.
     rows = (torch.arange(h, device=x.device) + s - shifts[:, :1]).view(b, 1, h, 1).expand(b, c, h, w + 2 * s)
