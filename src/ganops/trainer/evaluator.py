@@ -1,6 +1,8 @@
 """Evaluation inside training: the job's metrics of the EMA generator, every ``evaluation.everySteps`` and at the end.
 
-The `Trainer` builds one `Evaluator` from ``spec.evaluation`` at construction (rank 0 only under DDP):
+The `Trainer` builds one `Evaluator` from ``spec.evaluation`` at construction, on every rank under DDP: each rank
+generates and extracts the features of a contiguous share of the samples on its device, rank 0 gathers them in
+order and computes the metrics (so the other ranks no longer wait in a collective while rank 0 alone evaluates):
 
 - The feature extractor is resolved and its weights loaded *then*, so a missing or wrong weights file fails the
   job at start with a `FeatureExtractorError` naming the spec field, not hours later at the first evaluation.
@@ -16,11 +18,13 @@ The `Trainer` builds one `Evaluator` from ``spec.evaluation`` at construction (r
 - Generated samples: ``numSamples`` from fixed latents (seed `FAKE_SEED`; the same latents at every evaluation, so
   numbers move only because the weights did), in batches, under ``torch.inference_mode``; conditional generators
   get balanced labels. Features are extracted batch by batch, so images never pile up in memory.
-- Metrics: ``spec.evaluation.metrics`` via `evaluate_features`, except two fast paths computing the same numbers:
-  FID from the cached real mean/covariance, and KID (`kid_precomputed`) from the three kernel matrices computed
-  once instead of 3 × 100 subset kernels (same subsets, same seed; ~40× less arithmetic at 2,000 samples). For
-  the 2-D mixtures ``modes`` uses the dataset's own centres and sigma. Metrics undefined at this sample size
-  carry the ``insufficient samples (…)`` message in the report instead of a number.
+- Metrics: ``spec.evaluation.metrics``, in torch on the evaluation device (`ganops.trainer.evaluate.torch_metrics`:
+  the formulas of the numpy reference implementations, TF32 off): FID from the cached real mean/covariance, KID
+  from three kernel matrices computed once instead of 3 × 100 subset kernels (same subsets, same seed; the numpy
+  version is `kid_precomputed`), precision/recall from batched distances. For the 2-D mixtures ``modes`` uses the
+  dataset's own centres and sigma. Metrics undefined at this sample size carry the ``insufficient samples (…)``
+  message in the report instead of a number. Features are extracted with TF32 off too, and the reference digest
+  records it.
 
 Promotion metric (`promotion_metric`, lower is better; it drives ``checkpoint.keepBest``):
 

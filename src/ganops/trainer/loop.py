@@ -254,7 +254,7 @@ class Trainer:
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
         torch.set_rng_state(state["rng_torch"])  # nothing in a step draws from it; kept for user code and hooks
-        # (checkpoints before ganops 0.2 also hold "rng_latent": rank 0's latent generator, no longer used)
+        # (earlier checkpoints also hold "rng_latent", rank 0's latent generator: no longer used)
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.stream.load_state_dict(state["data"])
