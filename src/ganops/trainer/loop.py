@@ -161,10 +161,10 @@ class Trainer:
         self.channels_last = use_channels_last(spec, self.device)
         self.g.to(self.device)
         self.d.to(self.device)
+        dist_utils.broadcast_parameters(ctx.dist, self.g, self.d)  # contiguous tensors on the wire
         if self.channels_last:
             for net in (self.g, self.d):
                 net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        dist_utils.broadcast_parameters(ctx.dist, self.g, self.d)
         self.ema = EMA(self.g, spec.model.ema)
         opt = spec.optimizer
         self.fused = use_fused_optimizer(self.device)
