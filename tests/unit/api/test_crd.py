@@ -171,3 +171,27 @@ def test_broken_rules_are_reported_together_and_rules_are_fixed() -> None:
     assert raw.value.errors()[0]["msg"] == "; ".join(p.removeprefix("spec.") for p in info.value.problems)
     with pytest.raises(dataclasses.FrozenInstanceError):
         RULES[0].message = "x"  # type: ignore[misc]
+
+
+def test_object_defaults_are_whole_and_exclusive_bounds_integral() -> None:
+    """What the real API server needs of a default and a bound (tests/integration/controlplane/test_crd.py applies
+    the CRD there): a nested object's default is validated as it stands, CEL rules included, so it is written out
+    whole; an exclusive bound is compared as an integer for an integral value, so a fractional one is a CEL rule."""
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+    def walk(node: dict[str, Any], path: str) -> None:
+        if node.get("type") == "object" and "default" in node:
+            assert node["default"] != {} or not node.get("x-kubernetes-validations"), path
+        for key in ("exclusiveMinimum", "exclusiveMaximum"):
+            if node.get(key):
+                bound = node["minimum" if key == "exclusiveMinimum" else "maximum"]
+                assert float(bound).is_integer(), (path, key, bound)
+        for name, child in (node.get("properties") or {}).items():
+            walk(child, f"{path}.{name}")
+        if isinstance(node.get("items"), dict):
+            walk(node["items"], f"{path}[]")
+
+    walk(schema, "")
+    smoothing = schema["properties"]["spec"]["properties"]["loss"]["properties"]["labelSmoothing"]
+    assert smoothing["maximum"] == 0.5 and "exclusiveMaximum" not in smoothing
+    assert smoothing["x-kubernetes-validations"] == [{"rule": "self < 0.5", "message": "must be less than 0.5"}]

@@ -44,6 +44,10 @@ class FakeKube:
         self._maybe_refuse("PATCH", what)
         return {"status": patch.get("status", {})} if subresource == "status" else {}
 
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str, **kw: Any) -> None:
+        self.calls.append(("EVENT", reason, {"involved": involved, "type": type_, "message": message}))
+        self._maybe_refuse("EVENT", reason)
+
     def delete(self, api_version: str, plural: str, namespace: str, name: str, **kw: Any) -> None:
         self.calls.append(("DELETE", plural, kw))
         self._maybe_refuse("DELETE", plural)
@@ -52,7 +56,11 @@ class FakeKube:
         pass
 
     def methods(self) -> list[tuple[str, str]]:
-        return [(method, what) for method, what, _ in self.calls]
+        """The API calls, Events left out (`posted` has them)."""
+        return [(method, what) for method, what, _ in self.calls if method != "EVENT"]
+
+    def posted(self) -> list[str]:
+        return [what for method, what, _ in self.calls if method == "EVENT"]
 
 
 def snap(status: dict[str, Any] | None = None, jobs: tuple[JobView, ...] = (), pods: tuple[PodView, ...] = (),
@@ -81,8 +89,31 @@ def test_creates_children_writes_status_and_does_not_repost_while_the_index_lags
     running = controller(kube).reconcile(
         snap(jobs=(JobView("gan", 1, "j-1"),), pods=(PodView("gan-0", 1, 0, "Running", started=NOW),)), memory)
     assert running.phase == "Running" and kube.methods() == [("PATCH", "gantrainingjobs/status")]
-    patch = kube.calls[0][2]["status"]
+    patch = next(body for method, _, body in kube.calls if method == "PATCH")["status"]
     assert patch["phase"] == "Running" and "attempt" not in patch  # a merge patch of what changed
+
+
+def test_events_are_posted_before_the_status_that_records_their_transition() -> None:
+    """An operator killed between the two posts the Event again on its next reconcile; the other order would lose
+    it for good (tests/resilience/test_operator_kills.py counts lost transitions)."""
+    kube = FakeKube()
+    controller(kube).reconcile(snap(), JobMemory())
+    order = [(method, what) for method, what, _ in kube.calls]
+    assert order.index(("EVENT", "Created")) < order.index(("PATCH", "gantrainingjobs/status"))
+    event = next(body for method, _, body in kube.calls if method == "EVENT")
+    assert event["involved"] == {"apiVersion": "ganops.io/v1alpha1", "kind": "GanTrainingJob", "name": "gan",
+                                 "namespace": "team-a", "uid": "u-1"}
+
+    # An Event the API refuses is logged; the status is still written.
+    refused = FakeKube({("EVENT", "Created"): 500})
+    controller(refused).reconcile(snap(), JobMemory())
+    assert refused.methods()[-1] == ("PATCH", "gantrainingjobs/status")
+
+    # Below the posting level nothing is posted (Normal events are INFO).
+    quiet = FakeKube()
+    Controller(OperatorConfig(posting_level=logging.WARNING), quiet,  # type: ignore[arg-type]
+               now=lambda: NOW).reconcile(snap(), JobMemory())
+    assert quiet.posted() == []
 
 
 def test_conflicts_and_permanent_errors() -> None:
@@ -109,8 +140,15 @@ def test_relaunch_deletes_the_old_job_by_uid_in_the_foreground() -> None:
     status = {"phase": "Running", "attempt": 1, "restarts": {"preemptions": 0, "failures": 0}}
     evicted = PodView("gan-0", 1, 0, "Failed", reason="Evicted")
     controller(kube).reconcile(snap(status, jobs=(JobView("gan", 1, "j-1"),), pods=(evicted,)), memory)
-    assert kube.methods()[:2] == [("DELETE", "jobs"), ("POST", "ConfigMap")]
-    assert kube.calls[0][2] == {"uid": "j-1", "propagation": "Foreground"}
+    # The decision is written before the delete destroys its evidence (the evicted pod): an operator killed in
+    # between resumes at attempt 2 instead of relaunching attempt 1 again.
+    assert kube.methods()[:3] == [("PATCH", "gantrainingjobs/status"), ("DELETE", "jobs"), ("POST", "ConfigMap")]
+    recorded = kube.calls[[m for m, _, _ in kube.calls].index("PATCH")][2]["status"]
+    assert recorded["attempt"] == 2 and recorded["restarts"]["preemptions"] == 1
+    order = [(method, what) for method, what, _ in kube.calls]
+    assert order.index(("EVENT", "Relaunched")) < order.index(("DELETE", "jobs"))
+    assert next(body for method, _, body in kube.calls if method == "DELETE") == {"uid": "j-1",
+                                                                                 "propagation": "Foreground"}
     job = next(obj for method, kind, obj in kube.calls if kind == "Job")
     assert job["metadata"]["labels"]["ganops.io/attempt"] == "2"
 
