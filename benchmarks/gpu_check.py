@@ -18,8 +18,9 @@ It measures, on the device it finds (``--device``; CUDA when present):
 6. **Serving on the device vs the CPU**: the same checkpoint and seed through `ganops.generator` on both; the
    largest and mean difference in 8-bit grey levels.
 
-On a CPU (``--tiny``, what ``make test`` runs through tests/unit/test_gpu_check.py) the same code runs at toy sizes so
-it never rots: synchronisation counts and GPU memory are reported as not applicable there.
+On a CPU (``--tiny``, what ``make test`` runs through tests/unit/trainer/test_gpu_check.py) the same code runs at toy
+sizes so it never rots: synchronisation counts and GPU memory are reported as not applicable there. Exits 1 when a
+check that applies failed.
 
 Usage: python -m benchmarks.gpu_check [--tiny] [--device cuda|cpu] [--out reports] [--steps 200]
 """
@@ -447,5 +448,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return figures
 
 
+def failed_checks(figures: dict[str, Any]) -> list[str]:
+    """The checks that ran and failed (None: not applicable on this device or at these sizes)."""
+    return [what for what, ok in figures["checks"].items() if ok is False]
+
+
 if __name__ == "__main__":
-    main()
+    failed = failed_checks(main())
+    if failed:  # `make gpu-check` goes red: the report says what failed and by how much
+        print("gpu-check FAILED: " + "; ".join(failed), file=sys.stderr)
+        sys.exit(1)
