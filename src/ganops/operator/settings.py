@@ -12,6 +12,7 @@ settings from it.
 | GANOPS_S3_ENDPOINT_URL | (unset) | S3 endpoint handed to pods (not a credential) |
 | GANOPS_TRAINER_SERVICE_ACCOUNT | (unset) | serviceAccountName of trainer pods (e.g. for IRSA) |
 | GANOPS_TERMINATION_GRACE_SECONDS | 120 | time a trainer gets after SIGTERM to write its emergency checkpoint |
+| GANOPS_TRAINER_IMAGE_COMPILES | false | the trainer image has gcc and Python headers: allow `training.compile` on it |
 | GANOPS_TRAINER_METRICS_PORT | 9400 | the trainer's /metrics port (GANOPS_METRICS_PORT in the pod) |
 | GANOPS_RENDEZVOUS_PORT | 29500 | torchrun's static rendezvous port on replica 0 |
 | GANOPS_SPOT_NODE_LABEL | karpenter.sh/capacity-type=spot | node label required for `spec.resources.spot` |
