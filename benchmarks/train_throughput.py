@@ -202,7 +202,7 @@ def main() -> None:
                     f"CPU, {args.threads} torch thread(s). Load average {load_before[0]:.2f} before, "
                     f"{load_after[0]:.2f} after (2 cores, shared with other work).\n\n{r1_md}\n"
                     f"Reproduce: `python -m benchmarks.train_throughput --steps 0 --r1-steps {args.r1_steps} "
-                    f"--rounds {args.rounds} --threads {args.threads}`\n").read_text())
+                    f"--warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}`\n").read_text())
         return
 
     def median(key: str) -> float:
@@ -239,8 +239,8 @@ checkpoints every 500 steps, EMA, progress on. Load average {load_before[0]:.2f}
 ratio {ratio_wall:.3f}.
 
 {r1_md}
-Reproduce: `python -m benchmarks.train_throughput --steps {args.steps} --rounds {args.rounds} --threads {args.threads} \
---r1-steps {args.r1_steps}`
+Reproduce: `python -m benchmarks.train_throughput --steps {args.steps} --warmup {args.warmup} --rounds {args.rounds} \
+--threads {args.threads} --r1-steps {args.r1_steps}`
 """
     print(write("train_throughput", figures, md).read_text())
 
