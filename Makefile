@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps controlplane demo test lint bench manifests chart images clean
+.PHONY: install system-deps controlplane demo test lint bench gpu-check manifests chart images clean
 
 install: $(STAMP)
 
@@ -70,6 +70,16 @@ bench: install
 .PHONY: bench-operator
 bench-operator: install controlplane
 	$(PY) -m benchmarks.operator_scale --jobs 500 --rates 25 50 --backends emulator controlplane
+
+# Is the trainer correct and fast on this GPU? ≤ 10 minutes on one data-centre GPU, no network: DCGAN 64×64 at
+# fp32/bf16/fp16 against a bare loop doing the same work (R1), host↔device syncs per step, peak memory, GradScaler
+# skips, bitwise resume, SIGTERM under torchrun, Inception evaluation, serving on the GPU vs the CPU; writes
+# reports/gpu.md and reports/gpu.json (docs/gpu.md). Install the CUDA torch first, e.g.
+#   make gpu-check TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# GPU_CHECK_ARGS=--tiny runs it at toy sizes on a CPU (what `make test` does, tests/unit/trainer/test_gpu_check.py).
+GPU_CHECK_ARGS ?=
+gpu-check: install
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 # The CRD from the pydantic model, then everything generated from the chart (scripts/chart.py): the chart's copy
 # of the CRD, values.schema.json from values.yaml, and manifests/{operator,serving,monitoring} + kustomization.yaml.

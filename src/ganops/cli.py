@@ -87,6 +87,17 @@ def train(
     typer.echo(f"{session.result.status} at step {session.result.step}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                                "help_option_names": []})
+def launch(ctx: typer.Context) -> None:
+    """torchrun's arguments, run under a supervisor that makes a SIGTERM a checkpoint and exit 0 on every rank
+    (what the operator runs for multi-GPU pods; see ganops.trainer.launch)."""
+    from ganops.trainer.launch import launch as launch_torchrun
+
+    _setup_logging()
+    raise typer.Exit(launch_torchrun(list(ctx.args)))
+
+
 @app.command()
 def run(
     job_file: Annotated[Path, typer.Argument(help="The same job file a user would kubectl apply.")],

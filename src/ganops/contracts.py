@@ -47,6 +47,10 @@ ENV_LOG_LEVEL: Final = "GANOPS_LOG_LEVEL"
 ENV_LOG_FORMAT: Final = "GANOPS_LOG_FORMAT"  # "json" or "text"; default: text on a TTY, JSON otherwise
 ENV_GIT_COMMIT: Final = "GANOPS_GIT_COMMIT"
 ENV_IMAGE: Final = "GANOPS_IMAGE"
+# The pod's terminationGracePeriodSeconds, for `ganops launch` (torchrun's shutdown timeout is set inside it).
+ENV_TERMINATION_GRACE: Final = "GANOPS_TERMINATION_GRACE_SECONDS"
+# Set by `ganops launch` for its torchrun workers: where each writes `stopped-<rank>.json` after its SIGTERM checkpoint.
+ENV_STOP_MARKER_DIR: Final = "GANOPS_STOP_MARKER_DIR"
 MLFLOW_TRACKING_URI_ENV: Final = "MLFLOW_TRACKING_URI"
 
 DEFAULT_METRICS_PORT: Final = 9400

@@ -205,7 +205,7 @@ def test_multi_replica_job_rendezvous_through_a_headless_service(kube_api: KubeA
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MASTER_ADDR"] == "duo-0.duo" and env["MASTER_PORT"] == "29500"
     command = container["command"]
-    assert command[0] == "torchrun" and "--nnodes=2" in command and "--nproc-per-node=4" in command
+    assert command[:2] == ["ganops", "launch"] and "--nnodes=2" in command and "--nproc-per-node=4" in command
     assert "--node-rank=$(JOB_COMPLETION_INDEX)" in command
     assert command[-4:] == ["train", "--job", "/etc/ganops/job.yaml", "--no-progress"]
     assert command[command.index("-m") + 1] == "ganops.cli"

@@ -86,6 +86,11 @@ class LossSpec(_Wire):
     type: Literal["non-saturating", "wgan-gp", "hinge", "lsgan"] = "non-saturating"
     gradient_penalty: float = Field(10.0, ge=0.0, description="λ of the WGAN-GP penalty (wgan-gp only).")
     r1: float = Field(0.0, ge=0.0, description="γ of the R1 penalty on real data; 0 disables it.")
+    r1_interval: int = Field(
+        1, ge=1, le=64,
+        description="Lazy R1 (StyleGAN2): the penalty every r1Interval discriminator steps, weighted by r1Interval; "
+        "1 computes it every step.",
+    )
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=0.5, description="One-sided: real targets become 1 - labelSmoothing."
     )
@@ -113,10 +118,23 @@ class TrainingSpec(_Wire):
     batch_size: int = Field(64, ge=1, le=65536)
     seed: int = Field(0, ge=0, le=2**31 - 1)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    compile: bool = False
+    matmul_precision: Literal["tf32", "ieee"] = Field(
+        "tf32",
+        description="fp32 matmuls and convolutions on CUDA: tf32 (TensorFloat-32 on Ampere and later) or ieee (full "
+        "fp32). Recorded in every checkpoint; evaluation always extracts features in ieee.",
+    )
+    compile: bool = Field(
+        False, description="torch.compile G and D: needs a C compiler and Python headers where the trainer runs "
+        "(the stock trainer image has neither, so the operator refuses it there).",
+    )
     deterministic: bool = False
     log_every_steps: int = Field(50, ge=1)
     num_workers: int = Field(0, ge=0, le=64)
+    distributed_timeout_seconds: int = Field(
+        1800, ge=60, le=86400,
+        description="Timeout of every collective (the NCCL watchdog): covers rank 0 uploading a checkpoint while "
+        "the other ranks wait.",
+    )
 
 
 # Bounds on every string a CEL rule matches against a pattern: the API server estimates a rule's cost from them and
@@ -133,8 +151,12 @@ class ResourcesSpec(_Wire):
     replicas: int = Field(1, ge=1, le=512, description="Nodes (pods); each runs torchrun.")
     gpus_per_replica: int = Field(0, ge=0, le=16)
     gpu_type: str | None = Field(None, max_length=63, description="Key into the price table, e.g. a100-80gb.")
-    cpu: str = Field("2", max_length=16)
-    memory: str = Field("8Gi", max_length=16)
+    cpu: str | None = Field(
+        None, max_length=16, description="CPU request per replica; default 2, or 4 per GPU with gpusPerReplica > 0.",
+    )
+    memory: str | None = Field(
+        None, max_length=16, description="Memory per replica; default 8Gi, or 16Gi per GPU with gpusPerReplica > 0.",
+    )
     node_selector: dict[Annotated[str, Field(max_length=317)], Annotated[str, Field(max_length=63)]] = Field(
         default_factory=dict, max_length=32)
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32)

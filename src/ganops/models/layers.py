@@ -7,22 +7,46 @@ required when the model is conditional (``num_classes`` set) and ignored otherwi
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
 #: Width of the label embedding concatenated to z in conditional generators (capped by latent_dim).
 MAX_LABEL_EMBED_DIM = 128
 
 
+class FP32SpectralNorm(_SpectralNorm):
+    """torch's spectral-norm parametrization (``torch.nn.utils.parametrizations.spectral_norm``: same buffers, same
+    state-dict keys, same numbers in fp32) with σ always computed in fp32, autocast off.
+
+    Under CUDA autocast the power iteration's ``mv`` and σ's ``vdot(u, W v)`` would run in bf16/fp16 (CPU autocast
+    does not cover them, so CPU runs never showed it): σ then carries a relative error of ~2⁻⁸ (bf16) and the
+    in-place ``u``/``v`` updates accumulate it step after step. The weight is divided by an fp32 σ; the layer's own
+    conv or matmul still runs in the autocast dtype.
+    """
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        off = (torch.autocast(weight.device.type, enabled=False) if torch.amp.is_autocast_available(weight.device.type)
+               else contextlib.nullcontext())
+        with off:
+            out: torch.Tensor = super().forward(weight.float())
+        return out
+
+
 def apply_spectral_norm(root: nn.Module) -> None:
-    """Spectral normalisation on the weight of every conv, linear and embedding layer under `root`, in place.
+    """Spectral normalisation (`FP32SpectralNorm`, one power iteration per forward in training mode) on the weight
+    of every conv, linear and embedding layer under `root`, in place.
 
     Call it after initialising the weights: the power iteration's vectors start from the weights as they are.
     """
     for m in list(root.modules()):
         if isinstance(m, nn.Conv2d | nn.Linear | nn.Embedding):
-            _spectral_norm(m)
+            weight: torch.Tensor = m.weight
+            # dim 0 (the output features) for these layers, as torch's spectral_norm chooses; eps as its default
+            parametrize.register_parametrization(m, "weight", FP32SpectralNorm(weight, 1, 0, 1e-12))
 
 
 def check_labels(y: torch.Tensor | None, num_classes: int | None, n: int) -> torch.Tensor | None:

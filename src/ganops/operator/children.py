@@ -35,6 +35,7 @@ from ganops.contracts import (
     ENV_METRICS_PORT,
     ENV_NAMESPACE,
     ENV_S3_ENDPOINT_URL,
+    ENV_TERMINATION_GRACE,
     ENV_WORK_DIR,
     KIND,
     LABEL_ATTEMPT,
@@ -139,6 +140,26 @@ def holder(obj: Mapping[str, Any] | None, uid: str) -> str | None:
     return None
 
 
+def image_problems(spec: GanTrainingJobSpec, config: OperatorConfig) -> list[str]:
+    """What the trainer image cannot run, refused before any pod starts (one line each).
+
+    ``training.compile`` needs a C compiler and Python headers at run time (Triton builds its launcher stubs with
+    them; inductor's CPU kernels too). The stock trainer image has neither - its final stage carries no build tools -
+    so a job asking for compile on it would fail at its first step on every attempt. A job with its own
+    ``resources.image`` is let through: the trainer checks the toolchain at start and exits 3 if it is missing.
+    """
+    if spec.training.compile and spec.resources.image is None and not config.trainer_image_compiles:
+        return ["spec.training.compile needs a C compiler and Python headers in the trainer image (Triton compiles "
+                "with them) and the default trainer image has none: set compile: false, or resources.image to an "
+                "image with gcc and python3-dev (docs/gpu.md)"]
+    return []
+
+
+def spec_problems(name: str, spec: GanTrainingJobSpec, config: OperatorConfig) -> list[str]:
+    """Every reason the operator refuses a job that the schema accepted: `naming_problems` + `image_problems`."""
+    return naming_problems(name, spec) + image_problems(spec, config)
+
+
 def _adopt(obj: dict[str, Any], owner: Owner, nested: str | None = None) -> dict[str, Any]:
     kopf.adopt(obj, owner=owner.body(), nested=nested)  # type: ignore[arg-type]
     return obj
@@ -234,7 +255,9 @@ def trainer_command(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConf
     train = ["train", "--job", JOB_FILE_PATH, "--no-progress"]
     if replicas == 1 and procs == 1:
         return ["ganops", *train]
-    launcher = ["torchrun", f"--nproc-per-node={procs}", "--max-restarts=0"]
+    # `ganops launch` is torchrun under a supervisor (PID 1): a SIGTERM becomes a checkpoint and exit 0 on every
+    # rank within the grace period, where torchrun alone exits 1 (ganops.trainer.launch).
+    launcher = ["ganops", "launch", f"--nproc-per-node={procs}", "--max-restarts=0"]
     if replicas == 1:
         return [*launcher, "--standalone", "--nnodes=1", "-m", "ganops.cli", *train]
     return [
@@ -263,6 +286,7 @@ def _env(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) -> list
         {"name": ENV_JOB_UID, "value": owner.uid},
         {"name": ENV_METRICS_PORT, "value": str(config.trainer_metrics_port)},
         {"name": ENV_WORK_DIR, "value": "/tmp/ganops"},
+        {"name": ENV_TERMINATION_GRACE, "value": str(config.termination_grace_seconds)},
         {"name": "HOME", "value": "/tmp/home"},
         {"name": "XDG_CACHE_HOME", "value": "/cache"},
         {"name": "TORCHINDUCTOR_CACHE_DIR", "value": "/cache/torchinductor"},
@@ -297,10 +321,27 @@ def _env_from(config: OperatorConfig) -> list[dict[str, Any]]:
     ]
 
 
+CPU_DEFAULT, MEMORY_DEFAULT_GI = 2, 8  # a CPU-only replica
+CPU_PER_GPU, MEMORY_PER_GPU_GI = 4, 16  # per GPU: a data-feeding process, its pinned buffers, NCCL, checkpoints
+SHM_MIN_GI, SHM_PER_GPU_GI = 2, 1  # /dev/shm: NCCL's intra-node buffers grow with the local ranks
+
+
+def default_cpu(gpus: int) -> str:
+    return str(CPU_PER_GPU * gpus if gpus > 0 else CPU_DEFAULT)
+
+
+def default_memory(gpus: int) -> str:
+    return f"{MEMORY_PER_GPU_GI * gpus if gpus > 0 else MEMORY_DEFAULT_GI}Gi"
+
+
 def _resources(spec: GanTrainingJobSpec) -> dict[str, Any]:
+    """Requests and limits of one replica; unset cpu and memory grow with gpusPerReplica (`default_cpu` …)."""
     res = spec.resources
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, str] = {"memory": res.memory}
+    gpus = res.gpus_per_replica
+    cpu = res.cpu or default_cpu(gpus)
+    memory = res.memory or default_memory(gpus)
+    requests: dict[str, str] = {"cpu": cpu, "memory": memory}
+    limits: dict[str, str] = {"memory": memory}
     if res.gpus_per_replica > 0:
         requests[GPU_RESOURCE] = str(res.gpus_per_replica)
         limits[GPU_RESOURCE] = str(res.gpus_per_replica)  # extended resources: limits must equal requests
@@ -350,13 +391,14 @@ def _scheduling(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) 
     return out
 
 
-def _volumes(owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(owner: Owner, spec: GanTrainingJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    shm = max(SHM_MIN_GI, SHM_PER_GPU_GI * spec.resources.gpus_per_replica)
     volumes: list[dict[str, Any]] = [
         {"name": "job-file", "configMap": {"name": configmap_name(owner.name),
                                            "items": [{"key": JOB_FILE_KEY, "path": JOB_FILE_KEY}]}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},  # dataloader workers, NCCL
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{shm}Gi"}},  # dataloader workers, NCCL
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "job-file", "mountPath": JOB_FILE_DIR, "readOnly": True},
@@ -414,7 +456,7 @@ def training_job(
     annotations = {ANNOTATION_RESTARTS: restarts_annotation(restarts or {})}
     if resume_from:
         annotations[ANNOTATION_RESUME_FROM] = resume_from
-    volumes, mounts = _volumes(owner)
+    volumes, mounts = _volumes(owner, spec)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.resources.image or config.image,

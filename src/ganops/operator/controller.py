@@ -163,7 +163,8 @@ class Controller:
         if memory.spec_generation != snap.generation or (memory.spec is None and not memory.problems):
             try:
                 spec = spec_from_object(snap.spec if snap.spec is not None else {})
-                problems = tuple(children.naming_problems(snap.name, spec) + job_policy.problems(spec, self.config))
+                problems = tuple(children.spec_problems(snap.name, spec, self.config)
+                                 + job_policy.problems(spec, self.config))
                 memory.spec, memory.problems = (None if problems else spec), problems
             except JobFileError as exc:
                 memory.spec, memory.problems = None, tuple(exc.problems)

@@ -12,6 +12,7 @@ settings from it.
 | GANOPS_S3_ENDPOINT_URL | (unset) | S3 endpoint handed to pods (not a credential) |
 | GANOPS_TRAINER_SERVICE_ACCOUNT | (unset) | serviceAccountName of trainer pods (e.g. for IRSA) |
 | GANOPS_TERMINATION_GRACE_SECONDS | 120 | time a trainer gets after SIGTERM to write its emergency checkpoint |
+| GANOPS_TRAINER_IMAGE_COMPILES | false | the trainer image has gcc and Python headers: allow `training.compile` on it |
 | GANOPS_TRAINER_METRICS_PORT | 9400 | the trainer's /metrics port (GANOPS_METRICS_PORT in the pod) |
 | GANOPS_RENDEZVOUS_PORT | 29500 | torchrun's static rendezvous port on replica 0 |
 | GANOPS_SPOT_NODE_LABEL | karpenter.sh/capacity-type=spot | node label required for `spec.resources.spot` |
@@ -132,6 +133,9 @@ class OperatorConfig:
     s3_endpoint_url: str | None = None
     trainer_service_account: str | None = None
     termination_grace_seconds: int = 120
+    # The default trainer image has no C compiler or Python headers (Triton needs both for torch.compile): jobs with
+    # training.compile and no resources.image of their own are refused as invalid. Set when your image has them.
+    trainer_image_compiles: bool = False
     trainer_metrics_port: int = 9400
     rendezvous_port: int = 29500
     spot_node_label: tuple[str, str] | None = ("karpenter.sh/capacity-type", "spot")
@@ -210,6 +214,9 @@ class OperatorConfig:
         if not isinstance(level, int):
             problems.append(f"GANOPS_OPERATOR_POSTING_LEVEL must be a logging level name (got {level_name!r})")
             level = logging.INFO
+        compiles_raw = (text("GANOPS_TRAINER_IMAGE_COMPILES", "false") or "false").lower()
+        if compiles_raw not in ("true", "false"):
+            problems.append(f"GANOPS_TRAINER_IMAGE_COMPILES must be true or false (got {compiles_raw!r})")
         pull = text("GANOPS_IMAGE_PULL_POLICY")
         if pull is not None and pull not in ("Always", "IfNotPresent", "Never"):
             problems.append(f"GANOPS_IMAGE_PULL_POLICY must be Always, IfNotPresent or Never (got {pull!r})")
@@ -243,6 +250,7 @@ class OperatorConfig:
             termination_grace_seconds=int(
                 number("GANOPS_TERMINATION_GRACE_SECONDS", 120, low=1, high=86400, whole=True)
             ),
+            trainer_image_compiles=compiles_raw == "true",
             trainer_metrics_port=int(number("GANOPS_TRAINER_METRICS_PORT", 9400, low=1, high=65535, whole=True)),
             rendezvous_port=int(number("GANOPS_RENDEZVOUS_PORT", 29500, low=1, high=65535, whole=True)),
             spot_node_label=spot_label,

@@ -1,6 +1,8 @@
 """Evaluation inside training: the job's metrics of the EMA generator, every ``evaluation.everySteps`` and at the end.
 
-The `Trainer` builds one `Evaluator` from ``spec.evaluation`` at construction (rank 0 only under DDP):
+The `Trainer` builds one `Evaluator` from ``spec.evaluation`` at construction, on every rank under DDP: each rank
+generates and extracts the features of a contiguous share of the samples on its device, rank 0 gathers them in
+order and computes the metrics (so the other ranks no longer wait in a collective while rank 0 alone evaluates):
 
 - The feature extractor is resolved and its weights loaded *then*, so a missing or wrong weights file fails the
   job at start with a `FeatureExtractorError` naming the spec field, not hours later at the first evaluation.
@@ -16,11 +18,13 @@ The `Trainer` builds one `Evaluator` from ``spec.evaluation`` at construction (r
 - Generated samples: ``numSamples`` from fixed latents (seed `FAKE_SEED`; the same latents at every evaluation, so
   numbers move only because the weights did), in batches, under ``torch.inference_mode``; conditional generators
   get balanced labels. Features are extracted batch by batch, so images never pile up in memory.
-- Metrics: ``spec.evaluation.metrics`` via `evaluate_features`, except two fast paths computing the same numbers:
-  FID from the cached real mean/covariance, and KID (`kid_precomputed`) from the three kernel matrices computed
-  once instead of 3 × 100 subset kernels (same subsets, same seed; ~40× less arithmetic at 2,000 samples). For
-  the 2-D mixtures ``modes`` uses the dataset's own centres and sigma. Metrics undefined at this sample size
-  carry the ``insufficient samples (…)`` message in the report instead of a number.
+- Metrics: ``spec.evaluation.metrics``, in torch on the evaluation device (`ganops.trainer.evaluate.torch_metrics`:
+  the formulas of the numpy reference implementations, TF32 off): FID from the cached real mean/covariance, KID
+  from three kernel matrices computed once instead of 3 × 100 subset kernels (same subsets, same seed; the numpy
+  version is `kid_precomputed`), precision/recall from batched distances. For the 2-D mixtures ``modes`` uses the
+  dataset's own centres and sigma. Metrics undefined at this sample size carry the ``insufficient samples (…)``
+  message in the report instead of a number. Features are extracted with TF32 off too, and the reference digest
+  records it.
 
 Promotion metric (`promotion_metric`, lower is better; it drives ``checkpoint.keepBest``):
 
@@ -43,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from numpy.typing import NDArray
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -53,6 +58,9 @@ from ganops.api.spec import GanTrainingJobSpec
 from ganops.logs import event
 from ganops.models import sample_latent
 from ganops.trainer.data import Dataset, MixtureDataset, TensorDataset
+from ganops.trainer.data.datasets import pixels_to_float
+from ganops.trainer.distributed import DistContext, any_rank
+from ganops.trainer.evaluate import torch_metrics
 from ganops.trainer.evaluate.errors import FeatureExtractorError, InsufficientSamples
 from ganops.trainer.evaluate.features import (
     DIGITS_WEIGHTS_PATH,
@@ -60,7 +68,6 @@ from ganops.trainer.evaluate.features import (
     build_extractor,
     default_extractor_name,
 )
-from ganops.trainer.evaluate.frechet import feature_statistics, frechet_distance_fast
 from ganops.trainer.evaluate.kid import KIDResult, kernel_inception_distance
 from ganops.trainer.evaluate.modes import ModeSet
 from ganops.trainer.evaluate.report import EvaluationReport, evaluate_features
@@ -86,6 +93,8 @@ INCEPTION_WEIGHTS_ENV = "GANOPS_INCEPTION_WEIGHTS_URI"
 _FINGERPRINT_BYTES = 64 * 1024 * 1024  # datasets larger than this are fingerprinted from a strided subset
 KID_SUBSETS = 100
 KID_SUBSET_SIZE = 1000
+PR_K = 3
+EVALUATION_MATMUL_PRECISION = "ieee"  # TF32 off while extracting features and computing metrics, on any device
 KID_PRECOMPUTE_MAX = 4096  # above this many samples per side the n×n kernels are too big: subset kernels instead
 
 F32 = NDArray[np.float32]
@@ -219,17 +228,28 @@ def dataset_fingerprint(dataset: Dataset) -> str:
         h.update(dataset.mode_centers.contiguous().numpy().tobytes())
         h.update(repr(dataset.sigma).encode())
     elif isinstance(dataset, TensorDataset):
-        flat = dataset.data.reshape(-1)
-        step = max(1, flat.numel() * flat.element_size() // _FINGERPRINT_BYTES)
-        h.update(repr((tuple(dataset.data.shape), step)).encode())
-        h.update(flat[::step].contiguous().numpy().tobytes())
+        shape = (len(dataset), *dataset.sample_shape)
+        step = max(1, math.prod(shape) * 4 // _FINGERPRINT_BYTES)  # as float32 bytes, however the images are held
+        h.update(repr((shape, step)).encode())
+        if dataset.pixels is not None:  # the same float32 values as `data`, without materialising it
+            strided = pixels_to_float(dataset.pixels.reshape(-1)[::step])
+        else:
+            strided = dataset.data.reshape(-1)[::step]
+        h.update(strided.contiguous().numpy().tobytes())
     else:  # pragma: no cover - every loader returns one of the two
         h.update(dataset.uri.encode())
     return h.hexdigest()
 
 
 class Evaluator:
-    """Evaluates a generator against the job's dataset; see the module docstring."""
+    """Evaluates a generator against the job's dataset; see the module docstring.
+
+    Under DDP every rank holds one and calls `evaluate` together: rank ``r`` generates (and, when the reference is
+    computed, reads) a contiguous share of the samples, extracts their features on its device, and rank 0 gathers
+    them in order and computes the metrics in torch on its device; `evaluate` returns the report on rank 0 and None
+    elsewhere. A failure on any rank is agreed on before anything is gathered, so no rank waits in a collective for a
+    rank that gave up.
+    """
 
     def __init__(
         self,
@@ -239,6 +259,7 @@ class Evaluator:
         reference_root: str,
         device: torch.device | None = None,
         batch_size: int = 250,
+        dist: DistContext | None = None,
     ) -> None:
         self.spec = spec
         self.dataset = dataset
@@ -246,6 +267,7 @@ class Evaluator:
         self.every_steps = spec.evaluation.every_steps
         self.num_samples = spec.evaluation.num_samples
         self.device = device or torch.device("cpu")
+        self.dist = dist if dist is not None else DistContext(device=self.device)
         self.batch_size = batch_size
         self.reference_root = reference_root
         self.extractor_name = resolve_extractor_name(spec)
@@ -275,32 +297,96 @@ class Evaluator:
 
     # ----------------------------------------------------------------- features
 
-    def _features(self, batches: Iterator[torch.Tensor]) -> F32:
+    def _feature_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of one batch as float32 on the evaluation device, full fp32 matmuls and convolutions."""
         assert self.extractor is not None
-        parts = [np.asarray(self.extractor(x), dtype=np.float32) for x in batches]
-        return np.concatenate(parts) if parts else np.zeros((0, self.extractor.dim), np.float32)
+        with torch_metrics.ieee_matmuls():
+            tensor = getattr(self.extractor, "tensor", None)
+            if tensor is not None:
+                out: torch.Tensor = tensor(x)
+            else:  # an extractor with the numpy protocol only
+                out = torch.from_numpy(np.asarray(self.extractor(x), dtype=np.float32))
+        return out.to(self.device, torch.float32)
 
-    def _chunks(self, x: torch.Tensor) -> Iterator[torch.Tensor]:
-        yield from torch.split(x, self.batch_size)
+    def _features(self, batches: Iterator[torch.Tensor]) -> torch.Tensor:
+        assert self.extractor is not None
+        parts = [self._feature_tensor(x) for x in batches]
+        return torch.cat(parts) if parts else torch.zeros((0, self.extractor.dim), device=self.device)
+
+    def _batch_range(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous share of the ``ceil(n / batch_size)`` batches: [first, stop)."""
+        batches = math.ceil(n / self.batch_size)
+        per = math.ceil(batches / self.dist.world_size)
+        first = min(batches, self.dist.rank * per)
+        return first, min(batches, first + per)
+
+    def _share_sizes(self, n: int) -> list[int]:
+        sizes = []
+        batches = math.ceil(n / self.batch_size)
+        per = math.ceil(batches / self.dist.world_size)
+        for r in range(self.dist.world_size):
+            first, stop = min(batches, r * per), min(batches, (r + 1) * per)
+            sizes.append(max(0, min(n, stop * self.batch_size) - first * self.batch_size))
+        return sizes
 
     def _generated(self, g: nn.Module) -> Iterator[torch.Tensor]:
-        """``numSamples`` samples of ``g`` from the fixed latents, batch by batch (eval mode, inference mode)."""
+        """This rank's share of the ``numSamples`` samples of ``g`` from the fixed latents, batch by batch (eval
+        mode, inference mode). Every rank draws the latents of the batches before its own (on the CPU, cheap) so
+        the samples are those of a single-process evaluation."""
         model = self.spec.model
         gen = torch.Generator(device="cpu").manual_seed(FAKE_SEED)
+        first, stop = self._batch_range(self.num_samples)
         was_training = g.training
         g.eval()
         try:
             with torch.inference_mode():
-                for start in range(0, self.num_samples, self.batch_size):
-                    n = min(self.batch_size, self.num_samples - start)
-                    z = sample_latent(n, model.latent_dim, gen, self.device)
+                for b in range(stop):
+                    begin = b * self.batch_size
+                    n = min(self.batch_size, self.num_samples - begin)
+                    z = sample_latent(n, model.latent_dim, gen)
+                    if b < first:
+                        continue
                     y = None
                     if model.num_classes:
-                        y = (torch.arange(start, start + n) % model.num_classes).to(self.device)
-                    out: torch.Tensor = g(z, y)
+                        y = (torch.arange(begin, begin + n) % model.num_classes).to(self.device)
+                    out: torch.Tensor = g(z.to(self.device), y)
                     yield out.float()
         finally:
             g.train(was_training)
+
+    def _real(self) -> Iterator[torch.Tensor]:
+        """This rank's share of the reference's real samples (those of ``dataset.sample(n, REAL_SEED)``)."""
+        n = self._num_real()
+        first, stop = self._batch_range(n)
+        gen = torch.Generator(device="cpu").manual_seed(REAL_SEED)
+        if isinstance(self.dataset, TensorDataset):
+            idx = torch.randperm(len(self.dataset), generator=gen)[:n]  # what `sample` draws (n <= len)
+            for b in range(first, stop):
+                yield self.dataset.rows(idx[b * self.batch_size:(b + 1) * self.batch_size])
+        else:
+            real = self.dataset.sample(n, gen).x
+            yield from torch.split(real[first * self.batch_size:stop * self.batch_size], self.batch_size)
+
+    def _gather(self, local: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Every rank's share, in rank order, on rank 0 (None on the others); the share itself in one process."""
+        if not self.dist.enabled:
+            return local
+        sizes = self._share_sizes(n)
+        width = local.shape[1]
+        padded = torch.zeros((max(sizes), width), dtype=local.dtype, device=local.device)
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in sizes] if self.dist.is_main else None
+        torch_dist.gather(padded, parts, dst=0)
+        if parts is None:
+            return None
+        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+    def _agree(self, failed: BaseException | None) -> None:
+        """Every rank learns whether any rank failed its local share; all raise together if one did."""
+        if any_rank(self.dist, failed is not None):
+            if failed is not None:
+                raise failed
+            raise RuntimeError("evaluation failed on another rank")
 
     # ----------------------------------------------------------------- reference
 
@@ -324,6 +410,7 @@ class Evaluator:
             "dim": None if extractor is None else extractor.dim,
             "numSamples": self._num_real(),
             "seed": REAL_SEED,
+            "matmul": EVALUATION_MATMUL_PRECISION,  # features are extracted with TF32 off (`ieee_matmuls`)
         }
         return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -343,14 +430,23 @@ class Evaluator:
         base = storage.join(self.reference_root, "_reference")
         return storage.join(base, f"{digest}.json"), storage.join(base, f"{digest}.safetensors")
 
-    def reference(self) -> ReferenceStats:
-        """Real statistics: from memory, else the object store's cache, else computed (and cached)."""
-        if self._reference is not None and self._covers(self._reference):
-            return self._reference
+    def reference(self) -> ReferenceStats | None:
+        """Real statistics: from memory, else the object store's cache, else computed (and cached). Collective
+        under DDP (rank 0 decides; every rank extracts its share when computing); None on ranks other than 0."""
+        ref: ReferenceStats | None = None
         digest = self.reference_digest()
-        ref = self._load_reference(digest)
-        if ref is None or not self._covers(ref):
-            ref = self._compute_reference(digest)
+        if self.dist.is_main:
+            if self._reference is not None and self._covers(self._reference):
+                ref = self._reference
+            else:
+                ref = self._load_reference(digest)
+                if ref is not None and not self._covers(ref):
+                    ref = None
+        if not any_rank(self.dist, self.dist.is_main and ref is None):  # rank 0 has what it needs
+            self._reference = ref
+            return ref
+        ref = self._compute_reference(digest)
+        if ref is not None:
             self._store_reference(ref)
         self._reference = ref
         return ref
@@ -360,21 +456,32 @@ class Evaluator:
             ref.mu is not None or ref.insufficient is not None or not self.needs_stats
         )
 
-    def _compute_reference(self, digest: str) -> ReferenceStats:
+    def _compute_reference(self, digest: str) -> ReferenceStats | None:
         started = time.perf_counter()
         n = self._num_real()
-        real = self.dataset.sample(n, torch.Generator(device="cpu").manual_seed(REAL_SEED)).x
-        feats = self._features(self._chunks(real))
+        local: torch.Tensor | None = None
+        failed: BaseException | None = None
+        try:
+            local = self._features(self._real())
+        except Exception as exc:
+            failed = exc
+        self._agree(failed)
+        assert local is not None
+        feats = self._gather(local, n)
+        if feats is None:
+            return None
         mu = sigma = None
         insufficient = None
         try:
-            mu, sigma = feature_statistics(feats)
+            mu_t, sigma_t = torch_metrics.statistics(feats)
+            mu, sigma = mu_t.cpu().numpy(), sigma_t.cpu().numpy()
         except InsufficientSamples as exc:
             insufficient = str(exc)
         self.reference_computations += 1
         event(log, "evaluation_reference_computed", digest=digest, samples=n, dim=int(feats.shape[1]),
-              seconds=round(time.perf_counter() - started, 3))
-        return ReferenceStats(digest, n, int(feats.shape[1]), feats, mu, sigma, insufficient, "computed")
+              seconds=round(time.perf_counter() - started, 3), ranks=self.dist.world_size)
+        features = feats.cpu().numpy().astype(np.float32, copy=False)
+        return ReferenceStats(digest, n, int(feats.shape[1]), features, mu, sigma, insufficient, "computed")
 
     def _store_reference(self, ref: ReferenceStats) -> None:
         meta_uri, data_uri = self._reference_uris(ref.digest)
@@ -434,28 +541,48 @@ class Evaluator:
 
     # ----------------------------------------------------------------- evaluation
 
-    def evaluate(self, g: nn.Module, step: int) -> EvaluationReport:
-        """Metrics of generator ``g`` (pass the EMA model) at ``step``. Raises on errors: the caller decides."""
+    def evaluate(self, g: nn.Module, step: int) -> EvaluationReport | None:
+        """Metrics of generator ``g`` (pass the EMA model) at ``step``: the report on rank 0, None on the other ranks
+        (every rank must call it under DDP). Raises on errors, on every rank: the caller decides."""
         if not self.enabled:
             raise RuntimeError("evaluation is disabled (spec.evaluation.metrics is empty)")
         started = time.perf_counter()
         ref = self.reference()
         t_ref = time.perf_counter()
-        fake = self._features(self._generated(g))
+        local: torch.Tensor | None = None
+        failed: BaseException | None = None
+        try:
+            local = self._features(self._generated(g))
+        except Exception as exc:
+            failed = exc
+        self._agree(failed)
+        assert local is not None
+        fake = self._gather(local, self.num_samples)
         t_fake = time.perf_counter()
-        others = [m for m in self.metrics if m not in ("fid", "kid")]
-        real = ref.features if ref.features is not None else np.zeros((0, ref.dim), np.float32)
-        if others:
-            report = evaluate_features(
-                real, fake, others, extractor=self.extractor_name, step=step, mode_set=self.mode_set,
-            )
-        else:
-            report = EvaluationReport(extractor=self.extractor_name, num_real=ref.num_samples,
-                                      num_fake=int(fake.shape[0]), step=step)
-        report.num_real = ref.num_samples
+        if fake is None or ref is None:
+            self.seconds_total += t_fake - started
+            return None
+        report = EvaluationReport(extractor=self.extractor_name, num_real=ref.num_samples,
+                                  num_fake=int(fake.shape[0]), step=step)
+        real = (torch.from_numpy(ref.features).to(self.device) if ref.features is not None
+                else torch.zeros((0, ref.dim), device=self.device))
+        if "modes" in self.metrics:
+            modes = evaluate_features(np.zeros((0, ref.dim), np.float32), fake.cpu().numpy(), ["modes"],
+                                      extractor=self.extractor_name, step=step, mode_set=self.mode_set)
+            report.metrics.update(modes.metrics)
+            report.details.update(modes.details)
+        if "precision_recall" in self.metrics:
+            try:
+                pr = torch_metrics.precision_recall(real, fake, k=PR_K)
+                report.set("precision", pr.precision)
+                report.set("recall", pr.recall)
+                report.details["precision_recall"] = {"k": PR_K}
+            except InsufficientSamples as exc:
+                report.set("precision", str(exc))
+                report.set("recall", str(exc))
         if "kid" in self.metrics:
             try:
-                kid = kid_precomputed(real, fake)
+                kid = torch_metrics.kid(real, fake, num_subsets=KID_SUBSETS, subset_size=KID_SUBSET_SIZE)
                 report.set("kid", kid.mean)
                 report.set("kid_std", kid.std)
                 report.details["kid"] = {"num_subsets": KID_SUBSETS, "subset_size": KID_SUBSET_SIZE, "seed": 0}
@@ -466,12 +593,14 @@ class Evaluator:
             try:
                 if ref.mu is None or ref.sigma is None:
                     raise InsufficientSamples(ref.num_samples, f"d+1={ref.dim + 1}")
-                mu, sigma = feature_statistics(fake)
-                report.set("fid", frechet_distance_fast(ref.mu, ref.sigma, mu, sigma))
+                mu, sigma = torch_metrics.statistics(fake)
+                report.set("fid", torch_metrics.frechet_distance(
+                    torch.from_numpy(ref.mu).to(self.device), torch.from_numpy(ref.sigma).to(self.device), mu, sigma))
             except InsufficientSamples as exc:
                 report.set("fid", str(exc))
         done = time.perf_counter()
         report.details["reference"] = {"digest": ref.digest, "source": ref.source}
+        report.details["ranks"] = self.dist.world_size
         report.details["seconds"] = {
             "reference": round(t_ref - started, 4),
             "generate_and_features": round(t_fake - t_ref, 4),

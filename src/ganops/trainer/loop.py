@@ -1,8 +1,18 @@
 """The training loop: components as typed attributes, one step method, a checkpoint manager that saves them.
 
-Everything a step depends on (weights, EMA, optimizers, scalers, every RNG, the data position, accrued cost)
-goes into the checkpoint, so a run killed at step N and resumed reaches step 2N with the same weights, bit for
-bit, as one that never stopped (in deterministic mode on CPU).
+Everything a step depends on (weights, EMA, optimizers, scalers, the data position, accrued cost) goes into the
+checkpoint, so a run killed at step N and resumed reaches step 2N with the same weights, bit for bit, as one that
+never stopped (in deterministic mode on CPU). The step's randomness (latents, fake labels, WGAN-GP's interpolation
+weights) is drawn on the training device from a generator seeded by ``(seed, rank, step, critic step)``: nothing to
+save, and every rank draws its own latents after any resume or rollback (a state saved by rank 0 and restored on
+every rank would make data parallelism duplicate one rank's work).
+
+The hot loop never waits for the device outside log steps: data live on the device (`DataStream` with
+``device=``), latents are drawn there, gradients are averaged by bucketed all-reduces that overlap backward
+(`distributed.GradReducer`), and the stop flag of a SIGTERM is agreed between ranks at log steps only (one
+all-reduce with the divergence flag). R1 runs inside autocast on the same D forward as the adversarial loss (the
+real batch requires grad), every ``loss.r1Interval`` discriminator steps with its weight scaled by the interval
+(StyleGAN2's lazy regularisation); D is frozen during the generator's step.
 
 Per log step the trainer also checks its health (`ganops.trainer.health`: divergence → `rollback`, a diversity
 probe, discriminator accuracy); every ``evaluation.everySteps`` and at the last step it evaluates the EMA generator
@@ -18,7 +28,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +45,13 @@ from ganops.logs import event
 from ganops.models import build_models, sample_latent
 from ganops.trainer import distributed as dist_utils
 from ganops.trainer.checkpoint import Checkpoint, CheckpointManager
-from ganops.trainer.data import DataStream, load_dataset, make_stream
+from ganops.trainer.data import DataStream, load_dataset, make_stream, mix_seed
+from ganops.trainer.device import (
+    compile_problem,
+    configure_matmul_precision,
+    use_channels_last,
+    use_fused_optimizer,
+)
 from ganops.trainer.ema import EMA
 from ganops.trainer.evaluate.report import EvaluationReport
 from ganops.trainer.evaluator import Evaluator, promotion_metric
@@ -52,7 +68,7 @@ from ganops.trainer.health import (
     discriminator_accuracy,
     health_event,
 )
-from ganops.trainer.losses import discriminator_step_loss, generator_step_loss
+from ganops.trainer.losses import discriminator_step_loss, eager, generator_step_loss
 from ganops.trainer.memorization import ensure_index
 from ganops.trainer.progress import Progress
 
@@ -61,8 +77,14 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT_URI = "file://.ganops/checkpoints"
 PROBE_POINTS = 512  # diversity probe size for 2-D data
 PROBE_IMAGES = 128  # … and for images
+_TAG_STEP_RNG = 0x4C41544E  # seeds the step's generator with (seed, tag, rank, step, critic step)
 
-__all__ = ["DEFAULT_CHECKPOINT_URI", "RunContext", "StopSignal", "TrainResult", "Trainer", "TrainingDiverged"]
+__all__ = ["DEFAULT_CHECKPOINT_URI", "CompileUnavailable", "RunContext", "StopSignal", "TrainResult", "Trainer",
+           "TrainingDiverged"]
+
+
+class CompileUnavailable(RuntimeError):
+    """``training.compile`` asked where torch.compile cannot run (no compiler or headers): refused at start."""
 
 
 @dataclass
@@ -123,27 +145,40 @@ class Trainer:
         self.device = ctx.dist.device
         self.stop = stop or StopSignal()
         spec = self.spec
+        if spec.training.compile and (problem := compile_problem(self.device)) is not None:
+            raise CompileUnavailable(problem)
         configure_determinism(spec.training.deterministic, spec.training.seed)
+        self.matmul_precision = configure_matmul_precision(spec.training.matmul_precision)
 
         self.dataset = load_dataset(spec, cache_dir=ctx.work_dir / "data-cache")
         self.stream: DataStream = make_stream(
             self.dataset, spec.training.batch_size, spec.training.seed,
             rank=ctx.dist.rank, world_size=ctx.dist.world_size, augmentations=list(spec.dataset.augmentations),
+            device=self.device,
         )
-        # Seeded identically on every rank, then made rank-specific, so ranks draw different latents.
+        # Built identically on every rank (same seed), then rank 0's parameters are broadcast.
         self.g, self.d = build_models(spec.model, spec.loss)
+        self.channels_last = use_channels_last(spec, self.device)
         self.g.to(self.device)
         self.d.to(self.device)
-        dist_utils.broadcast_parameters(ctx.dist, self.g, self.d)
+        dist_utils.broadcast_parameters(ctx.dist, self.g, self.d)  # contiguous tensors on the wire
+        if self.channels_last:
+            for net in (self.g, self.d):
+                net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.ema = EMA(self.g, spec.model.ema)
         opt = spec.optimizer
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=opt.lr_generator, betas=opt.betas)
-        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=opt.lr_discriminator, betas=opt.betas)
+        self.fused = use_fused_optimizer(self.device)
+        fused = {"fused": True} if self.fused else {}
+        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=opt.lr_generator, betas=opt.betas, **fused)
+        self.opt_d = torch.optim.Adam(self.d.parameters(), lr=opt.lr_discriminator, betas=opt.betas, **fused)
         self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[spec.training.precision]
         scaling = spec.training.precision == "fp16"
         self.scaler_g = torch.amp.GradScaler(self.device.type, enabled=scaling)
         self.scaler_d = torch.amp.GradScaler(self.device.type, enabled=scaling)
-        self.latent_gen = torch.Generator(device="cpu").manual_seed(spec.training.seed * 1000 + ctx.dist.rank)
+        # Re-seeded for every critic step from (seed, rank, step, i): see the module docstring.
+        self.step_gen = torch.Generator(device=self.device)
+        self.reduce_g = dist_utils.GradReducer(ctx.dist, self.g) if ctx.dist.enabled else None
+        self.reduce_d = dist_utils.GradReducer(ctx.dist, self.d) if ctx.dist.enabled else None
         self.step = 0
         self.elapsed_seconds = 0.0  # training wall time over all attempts, for cost
         self.manager = CheckpointManager(
@@ -157,10 +192,11 @@ class Trainer:
         self.last_values: dict[str, torch.Tensor] = {}
         self.hooks: list[Callable[[Trainer, str], None]] = []
         self.extra_state: dict[str, Any] = {}
-        # Evaluation and health run on rank 0 only; the extractor's weights are loaded here, so bad ones fail now.
+        # Evaluation is sharded over every rank (rank 0 computes the metrics); health runs on rank 0 only. The
+        # extractor's weights are loaded here, so bad ones fail now.
         main = ctx.dist.is_main
-        self.evaluator = Evaluator(spec, self.dataset, reference_root=ctx.checkpoint_uri, device=self.device) \
-            if main else None
+        self.evaluator = Evaluator(spec, self.dataset, reference_root=ctx.checkpoint_uri, device=self.device,
+                                   dist=ctx.dist)
         self.last_evaluation: EvaluationReport | None = None
         self._memorization_index: str | None = None
         self._memorization_checked = not main  # rank 0 builds (or finds) the index at its first checkpoint
@@ -194,7 +230,6 @@ class Trainer:
             "scaler_g": self.scaler_g.state_dict(),
             "scaler_d": self.scaler_d.state_dict(),
             "rng_torch": torch.get_rng_state(),
-            "rng_latent": self.latent_gen.get_state(),
             "data": self.stream.state_dict(),
             "ema": self.ema.state_dict_meta(),
             "elapsed_seconds": self.elapsed_seconds,
@@ -218,12 +253,17 @@ class Trainer:
         self.opt_d.load_state_dict(state["optimizer_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
-        torch.set_rng_state(state["rng_torch"])
-        self.latent_gen.set_state(state["rng_latent"])
+        torch.set_rng_state(state["rng_torch"])  # nothing in a step draws from it; kept for user code and hooks
+        # (earlier checkpoints also hold "rng_latent", rank 0's latent generator: no longer used)
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.stream.load_state_dict(state["data"])
         self.ema.load_state_dict_meta(state.get("ema", {}))
+        if self.fused:  # a checkpoint from a CPU run carries fused=None: this device's choice wins
+            for optimizer in (self.opt_g, self.opt_d):
+                for group in optimizer.param_groups:
+                    group["fused"] = True
+                    group["foreach"] = None
         self.step = int(state["step"])
         self.elapsed_seconds = float(state.get("elapsed_seconds", 0.0))
         self.extra_state = dict(state.get("extra", {}))
@@ -238,6 +278,8 @@ class Trainer:
                 "specHash": spec_hash(self.spec),
                 "job": {"namespace": self.ctx.namespace, "name": self.ctx.job_name},
                 "versions": {"ganops": __version__, "torch": torch.__version__},
+                "precision": {"autocast": self.spec.training.precision, "device": self.device.type,
+                              **self.matmul_precision},
                 "worldSize": self.ctx.dist.world_size,
                 "cost": cost_of(self.spec, self.elapsed_seconds).as_wire(),
                 "generation": {"latentDim": self.spec.model.latent_dim, "numClasses": self.spec.model.num_classes},
@@ -271,45 +313,72 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _fake_labels(self, n: int) -> torch.Tensor | None:
+    def step_generator(self, critic_step: int) -> torch.Generator:
+        """The generator of critic step ``critic_step`` of the current step, on the training device."""
+        ctx = self.ctx.dist
+        return self.step_gen.manual_seed(mix_seed(self.spec.training.seed, _TAG_STEP_RNG, ctx.rank, self.step,
+                                                  critic_step))
+
+    def _fake_labels(self, n: int, gen: torch.Generator) -> torch.Tensor | None:
         if self.spec.model.num_classes is None:
             return None
-        return torch.randint(0, self.spec.model.num_classes, (n,), generator=self.latent_gen).to(self.device)
+        return torch.randint(0, self.spec.model.num_classes, (n,), generator=gen, device=gen.device)
+
+    def r1_due(self, critic_step: int) -> bool:
+        """Lazy R1: on discriminator steps ``0, k, 2k, …`` (``k = loss.r1Interval``), counted over the whole run."""
+        loss = self.spec.loss
+        return loss.r1 > 0 and (self.step * self.spec.optimizer.critic_steps + critic_step) % loss.r1_interval == 0
 
     def train_step(self, *, measure: bool = False) -> None:
         spec = self.spec
+        critic_steps = spec.optimizer.critic_steps
         fake: torch.Tensor | None = None
         y_fake: torch.Tensor | None = None
         d_real = d_fake = torch.zeros(())
-        for _ in range(spec.optimizer.critic_steps):
-            real, y_real = self.stream.next_batch()
-            real = real.to(self.device, non_blocking=True)
-            y_real = y_real.to(self.device) if (y_real is not None and spec.model.num_classes) else None
-            z = sample_latent(real.shape[0], spec.model.latent_dim, self.latent_gen, self.device)
-            y_fake = self._fake_labels(real.shape[0])
+        for i in range(critic_steps):
+            gen = self.step_generator(i)
+            real, y_real = self.stream.next_batch()  # on the device already
+            if self.channels_last:
+                real = real.contiguous(memory_format=torch.channels_last)
+            y_real = y_real if (y_real is not None and spec.model.num_classes) else None
+            r1 = self.r1_due(i)
+            if r1:  # R1 differentiates D(real) w.r.t. real: the one forward below serves both losses
+                real = real.detach().requires_grad_(True)
+            z = sample_latent(real.shape[0], spec.model.latent_dim, gen)  # on the generator's device
+            y_fake = self._fake_labels(real.shape[0], gen)
+            last = i == critic_steps - 1  # only the last critic step's fakes feed the generator's step
             with self._autocast():
-                fake = self.g_step(z, y_fake)
-                d_real = self.d_step(real, y_real)
+                with contextlib.nullcontext() if last else torch.no_grad():
+                    fake = self.g_step(z, y_fake)
+                # compiled graphs have no double backward: R1's forward runs the eager module
+                d_real = (eager(self.d_step) if r1 else self.d_step)(real, y_real)
                 d_fake = self.d_step(fake.detach(), y_fake)
             loss_d, parts_d = discriminator_step_loss(
                 spec.loss, self.d_step, real, fake.detach(), d_real, d_fake, y_real, y_fake,
-                generator=self.latent_gen,
+                generator=gen, r1_scale=float(spec.loss.r1_interval) if r1 else 0.0,
             )
             self.opt_d.zero_grad(set_to_none=True)
+            if self.reduce_d is not None:
+                self.reduce_d.arm()
             self.scaler_d.scale(loss_d).backward()  # type: ignore[no-untyped-call]
-            dist_utils.average_gradients(self.ctx.dist, self.d)
+            if self.reduce_d is not None:
+                self.reduce_d.finish()
             if measure:
                 self.scaler_d.unscale_(self.opt_d)
                 self.last_values["grad_norm_d"] = _grad_norm(self.d)
             self.scaler_d.step(self.opt_d)
             self.scaler_d.update()
         assert fake is not None
-        with self._autocast():
-            d_fake_g = self.d_step(fake, y_fake)
-        loss_g, parts_g = generator_step_loss(spec.loss, d_fake_g)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.scaler_g.scale(loss_g).backward()  # type: ignore[no-untyped-call]
-        dist_utils.average_gradients(self.ctx.dist, self.g)
+        with _frozen(self.d):  # D's weight gradients are not needed in G's step: do not compute them
+            with self._autocast():
+                d_fake_g = self.d_step(fake, y_fake)
+            loss_g, parts_g = generator_step_loss(spec.loss, d_fake_g)
+            self.opt_g.zero_grad(set_to_none=True)
+            if self.reduce_g is not None:
+                self.reduce_g.arm()
+            self.scaler_g.scale(loss_g).backward()  # type: ignore[no-untyped-call]
+            if self.reduce_g is not None:
+                self.reduce_g.finish()
         if measure:
             self.scaler_g.unscale_(self.opt_g)
             self.last_values["grad_norm_g"] = _grad_norm(self.g)
@@ -352,21 +421,23 @@ class Trainer:
         status = "completed"
         started = time.perf_counter()
         self._fire("start")
+        stop_agreed = False  # under DDP the ranks agree on a SIGTERM at log steps only (no per-step all-reduce)
         try:
             while self.step < total:
-                if dist_utils.any_rank(ctx.dist, self.stop.requested):
+                if stop_agreed or (not ctx.dist.enabled and self.stop.requested):
                     status = "stopped"
                     break
                 measure = (self.step + 1) % log_every == 0
                 self.train_step(measure=measure)
                 images += spec.training.batch_size * ctx.dist.world_size
                 if measure:
-                    values = {k: float(v) for k, v in self.last_values.items()}
+                    values = _host_values(self.last_values)  # one device→host copy for every value
                     rate = progress.update(self.step, images, values)
                     images = 0
                     self.extra_state["last_values"] = values
                     reason = self.divergence.check(values)
-                    if dist_utils.any_rank(ctx.dist, reason is not None):
+                    stop_agreed, diverged = dist_utils.any_ranks(ctx.dist, self.stop.requested, reason is not None)
+                    if diverged:
                         saved_at = self.rollback(reason or "diverged on another rank")
                         continue
                     self._observe_health(values)
@@ -429,10 +500,14 @@ class Trainer:
         if self.evaluator is None or not self.evaluator.enabled:
             return None
         try:
-            report = self.evaluator.evaluate(self.ema.ema_model, self.step)
+            found = self.evaluator.evaluate(self.ema.ema_model, self.step)  # every rank takes part; rank 0 reports
         except Exception as exc:  # evaluation must never kill training
-            event(log, "evaluation_failed", step=self.step, error=f"{type(exc).__name__}: {exc}")
+            if self.ctx.dist.is_main:
+                event(log, "evaluation_failed", step=self.step, error=f"{type(exc).__name__}: {exc}")
             return None
+        if found is None:
+            return None
+        report = found
         metric = promotion_metric(report, num_modes=self.evaluator.num_modes)
         self.last_evaluation = report
         self.extra_state["metric"] = metric
@@ -520,6 +595,29 @@ class Trainer:
     def sample(self, n: int, seed: int = 0, *, use_ema: bool = True) -> torch.Tensor:
         return generate(self.ema.ema_model if use_ema else self.g, n, seed, self.spec.model.latent_dim,
                         self.spec.model.num_classes, self.device)
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """``requires_grad=False`` on the module's trainable parameters inside the block (restored after)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def _host_values(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The logged scalars as floats, with one synchronising copy (not one per value)."""
+    if not values:
+        return {}
+    names = list(values)
+    device = values[names[0]].device
+    stacked = torch.stack([values[k].detach().to(device, torch.float32).reshape(()) for k in names])
+    return dict(zip(names, stacked.tolist(), strict=True))
 
 
 def _grad_norm(module: nn.Module) -> torch.Tensor:

@@ -75,7 +75,9 @@ def gradient_penalty(
     if alpha is None:
         source = generator.device if generator is not None else real.device
         alpha = torch.rand(n, generator=generator, device=source)
-    a = alpha.to(device=real.device, dtype=torch.float32).reshape(n, *([1] * (real.dim() - 1)))
+    # drawn on the trainer's device already: no copy (a cross-device .to would synchronise every step)
+    alpha = alpha.to(dtype=torch.float32) if alpha.device == real.device else alpha.to(real.device, torch.float32)
+    a = alpha.reshape(n, *([1] * (real.dim() - 1)))
     x_hat = (a * real32 + (1.0 - a) * fake32).requires_grad_(True)
     out = _call(d, x_hat, y)
     with _no_autocast(x_hat):
@@ -169,17 +171,21 @@ def discriminator_step_loss(
     y_fake: torch.Tensor | None = None,
     *,
     generator: torch.Generator | None = None,
+    r1_scale: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The discriminator's full loss for one step: adversarial loss + λ·GP (wgan-gp) + R1 (when ``r1 > 0``).
 
     `fake` should be detached. `d` is only called for the penalties (its eager module if compiled). R1 needs
-    ``D(real)`` computed from a `real` that requires grad: when `real` does not, D is run once more on a
-    grad-requiring copy (set ``real.requires_grad_(True)`` before the forward to save that pass). Returns the
-    loss and detached fp32 scalars for logging: ``d_adv``, ``d_real_logit``, ``d_fake_logit`` and, when
-    active, ``gp`` (unweighted) and ``r1`` (weighted).
+    ``D(real)`` computed from a `real` that requires grad - the trainer sets ``real.requires_grad_(True)`` before
+    its forward under autocast, so one D forward serves the adversarial loss and R1; when `real` does not require
+    grad, D is run once more on a grad-requiring copy, in the caller's autocast context. ``r1_scale`` multiplies R1
+    into the loss: 0 skips it (a lazy-R1 step without the penalty), ``k`` is StyleGAN2's lazy regularisation every
+    k steps. Returns the loss and detached fp32 scalars for logging: ``d_adv``, ``d_real_logit``, ``d_fake_logit``
+    and, when active, ``gp`` (unweighted) and ``r1`` (γ-weighted, before ``r1_scale``).
     """
     loss = _as_loss(spec)
-    if loss.r1_gamma > 0 and not real.requires_grad:
+    r1_on = loss.r1_gamma > 0 and r1_scale > 0
+    if r1_on and not real.requires_grad:
         real = real.detach().requires_grad_(True)
         d_real_logits = _call(eager(d), real, y_real)
     adv = loss.d_loss(d_real_logits, d_fake_logits)
@@ -193,9 +199,9 @@ def discriminator_step_loss(
         gp = loss.gradient_penalty(d, real, fake, y_real, generator=generator)
         total = total + loss.gp_weight * gp
         parts["gp"] = gp
-    if loss.r1_gamma > 0:
+    if r1_on:
         r1 = loss.r1_penalty(d_real_logits, real)
-        total = total + r1
+        total = total + (r1 if r1_scale == 1.0 else r1_scale * r1)
         parts["r1"] = r1
     return total, {k: v.detach() for k, v in parts.items()}
 

@@ -87,7 +87,7 @@ def training_examples(dataset: Dataset, max_examples: int = MAX_EXAMPLES) -> np.
     if idx is None:
         return None
     assert isinstance(dataset, TensorDataset)
-    return np.ascontiguousarray(dataset.data[idx].numpy(), dtype=np.float32)
+    return np.ascontiguousarray(dataset.rows(idx).numpy(), dtype=np.float32)
 
 
 def training_features(dataset: Dataset, max_examples: int = MAX_EXAMPLES, *, chunk: int = 1024
@@ -100,7 +100,7 @@ def training_features(dataset: Dataset, max_examples: int = MAX_EXAMPLES, *, chu
         return None
     assert isinstance(dataset, TensorDataset)
     fn = point_features if dataset.is_points else pixel_features
-    parts = [fn(dataset.data[idx[start:start + chunk]].numpy()) for start in range(0, len(idx), chunk)]
+    parts = [fn(dataset.rows(idx[start:start + chunk]).numpy()) for start in range(0, len(idx), chunk)]
     return np.concatenate(parts).astype(np.float32, copy=False), feature_name(fn)
 
 

@@ -17,7 +17,8 @@ from ganops import contracts, storage
 from ganops.api.spec import GanTrainingJob
 from ganops.trainer import distributed as dist_utils
 from ganops.trainer.data import DataError
-from ganops.trainer.loop import DEFAULT_CHECKPOINT_URI, RunContext, StopSignal, Trainer, TrainResult
+from ganops.trainer.launch import write_stop_marker
+from ganops.trainer.loop import DEFAULT_CHECKPOINT_URI, CompileUnavailable, RunContext, StopSignal, Trainer, TrainResult
 from ganops.trainer.telemetry import TrainingTelemetry, metrics_port_from_env
 from ganops.trainer.tracking_hook import MlflowTrainingHook
 
@@ -35,7 +36,8 @@ def context_for(job: GanTrainingJob, *, work_dir: Path, checkpoint_uri: str | No
     name = os.environ.get(contracts.ENV_JOB_NAME) or job.metadata.name
     uri = (spec.checkpoint.uri or checkpoint_uri or os.environ.get(contracts.ENV_CHECKPOINT_URI)
            or DEFAULT_CHECKPOINT_URI)
-    dist = dist_utils.init_distributed(want_cuda=spec.resources.gpus_per_replica > 0)
+    dist = dist_utils.init_distributed(want_cuda=spec.resources.gpus_per_replica > 0,
+                                       timeout_seconds=spec.training.distributed_timeout_seconds)
     return RunContext(namespace=namespace, job_name=name, checkpoint_uri=uri, work_dir=work_dir,
                       dist=dist, progress=progress)
 
@@ -47,7 +49,7 @@ def build_trainer(job: GanTrainingJob, ctx: RunContext) -> Trainer:
         if ctx.dist.is_main:
             trainer.manager.preflight()
         return trainer
-    except DataError as exc:
+    except (DataError, CompileUnavailable) as exc:
         raise TrainerCannotStart(str(exc)) from exc
     except storage.StorageError as exc:
         raise TrainerCannotStart(f"spec.checkpoint.uri: {exc}") from exc
@@ -113,6 +115,8 @@ def train_session(
             if mlflow_hook is not None:
                 mlflow_hook.close("FAILED")
             raise
+        if result.status == "stopped":  # after the checkpoint and its barrier: `ganops launch` may now exit 0
+            write_stop_marker(result.step, signal_name=stop.signal_name)
         report: str | None = None
         if mlflow_hook is not None:  # completed: closed at "end" already; stopped: left RUNNING for the resume
             report = mlflow_hook.close("FINISHED" if result.status == "completed" else None)

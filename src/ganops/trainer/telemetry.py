@@ -274,11 +274,19 @@ class NvmlCollector(Collector):
     def create(cls, labels: Mapping[str, str] | None = None) -> NvmlCollector | None:
         try:
             nvml = importlib.import_module("pynvml")
+        except ImportError as exc:
+            if _cuda_available():  # a GPU without the GPU series: say so, they are silently absent otherwise
+                log.warning("nvidia-ml-py (pynvml) is not installed: the GPU utilisation and memory series "
+                            "(ganops_gpu_*) are absent; install the trainer extra (%s)", exc)
+            else:
+                log.debug("NVML unavailable: %s", exc)
+            return None
+        try:
             nvml.nvmlInit()
             count = int(nvml.nvmlDeviceGetCount())
             handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
-        except Exception as exc:  # no pynvml, no driver, no device: the series are absent
-            log.debug("NVML unavailable: %s", exc)
+        except Exception as exc:  # no driver, no device: the series are absent
+            (log.warning if _cuda_available() else log.debug)("NVML unavailable: %s", exc)
             return None
         return cls(nvml, handles, labels) if handles else None
 
@@ -456,3 +464,11 @@ __all__ = [
     "TrainingTelemetry",
     "metrics_port_from_env",
 ]
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - the trainer always has torch
+        return False
+    return bool(torch.cuda.is_available())

@@ -71,3 +71,14 @@ def test_images_run_what_the_chart_and_operator_run() -> None:
 def test_build_context_is_small() -> None:
     ignore = (chart.ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1:][:3] == ["!pyproject.toml", "!README.md", "!src/"]
+
+
+def test_serving_image_has_a_cuda_variant_and_the_trainer_image_stays_without_a_compiler() -> None:
+    args, stages = _stages(chart.ROOT / "serving" / "Dockerfile")
+    assert args["TORCH_FLAVOR"] == "cpu"  # --build-arg TORCH_FLAVOR=cu128 builds the CUDA variant
+    assert args["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_FLAVOR}"
+    assert '--index-url "${TORCH_INDEX_URL}"' in stages[0]
+    # compile: true is refused where it cannot run (the operator for this image, the trainer at start), so the
+    # trainer's final stage keeps carrying no build tools (see test_dockerfile_is_multistage_pinned_…)
+    _, trainer = _stages(chart.ROOT / "trainer" / "Dockerfile")
+    assert "python3-dev" not in trainer[-1] and "gcc" not in trainer[-1]

@@ -82,7 +82,8 @@ def test_single_replica_runs_the_trainer_directly_or_through_torchrun_standalone
     assert _container(cpu)["command"] == ["ganops", "train", "--job", "/etc/ganops/job.yaml", "--no-progress"]
     four = children.training_job(OWNER, VARIANTS["one-node-4-gpus"], CONFIG, attempt=1)
     command = _container(four)["command"]
-    assert command[:2] == ["torchrun", "--nproc-per-node=4"] and "--standalone" in command
+    # torchrun's arguments under `ganops launch`, the supervisor that makes a SIGTERM exit 0 (ganops.trainer.launch)
+    assert command[:3] == ["ganops", "launch", "--nproc-per-node=4"] and "--standalone" in command
     assert command[command.index("-m") + 1:] == ["ganops.cli", "train", "--job", "/etc/ganops/job.yaml",
                                                  "--no-progress"]
     assert "subdomain" not in four["spec"]["template"]["spec"]
@@ -117,7 +118,9 @@ def test_gpus_spot_and_scheduling() -> None:
     pod = children.training_job(OWNER, spec, CONFIG, attempt=1)["spec"]["template"]["spec"]
     resources = _container({"spec": {"template": {"spec": pod}}})["resources"]
     assert resources["requests"]["nvidia.com/gpu"] == resources["limits"]["nvidia.com/gpu"] == "8"
-    assert resources["limits"]["memory"] == resources["requests"]["memory"] == "8Gi"
+    # unset cpu and memory grow with the GPUs of a replica (8 here): 4 CPUs and 16Gi per GPU
+    assert resources["limits"]["memory"] == resources["requests"]["memory"] == "128Gi"
+    assert resources["requests"]["cpu"] == "32"
     assert pod["nodeSelector"] == {"pool": "gpu"}
     assert pod["priorityClassName"] == "training"
     keys = [t["key"] for t in pod["tolerations"]]
@@ -249,3 +252,41 @@ def test_each_job_gets_a_default_deny_network_policy_for_its_pods() -> None:
     single = children.network_policy(OWNER, VARIANTS["cpu"], config)
     assert single is not None and single["spec"]["ingress"] == [spec["ingress"][1]]
     assert single["spec"]["egress"] == PLATFORM_EGRESS["egress"]
+
+
+@pytest.mark.parametrize(("resources", "cpu", "memory", "shm"), [
+    ({}, "2", "8Gi", "2Gi"),  # a CPU job: the old defaults
+    ({"gpusPerReplica": 1}, "4", "16Gi", "2Gi"),
+    ({"gpusPerReplica": 4}, "16", "64Gi", "4Gi"),
+    ({"gpusPerReplica": 8, "cpu": "12", "memory": "200Gi"}, "12", "200Gi", "8Gi"),  # what the user set wins
+])
+def test_cpu_memory_and_shm_defaults_scale_with_the_gpus_of_a_replica(resources: dict[str, Any], cpu: str,
+                                                                       memory: str, shm: str) -> None:
+    job = children.training_job(OWNER, spec_of(resources=resources), CONFIG, attempt=1)
+    container = _container(job)
+    assert container["resources"]["requests"]["cpu"] == cpu
+    assert container["resources"]["requests"]["memory"] == container["resources"]["limits"]["memory"] == memory
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"] == shm
+    validate(job)
+
+
+def test_multi_gpu_pods_run_torchrun_under_the_launcher_with_the_grace_period() -> None:
+    config = OperatorConfig(termination_grace_seconds=300)
+    for variant in ("one-node-4-gpus", "multi-node"):
+        container = _container(children.training_job(OWNER, VARIANTS[variant], config, attempt=1))
+        assert container["command"][:2] == ["ganops", "launch"]
+        assert "--max-restarts=0" in container["command"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["GANOPS_TERMINATION_GRACE_SECONDS"] == "300"  # the launcher fits torchrun's shutdown into it
+
+
+def test_compile_is_refused_on_the_default_trainer_image() -> None:
+    compiled = spec_of(training={"compile": True})
+    (problem,) = children.spec_problems("gan-1", compiled, CONFIG)
+    assert problem.startswith("spec.training.compile needs a C compiler")
+    # an image of the job's own (checked by the trainer at start), or an operator told its image compiles
+    assert children.spec_problems("gan-1", spec_of(training={"compile": True},
+                                                   resources={"image": "registry.local/trainer:cc"}), CONFIG) == []
+    assert children.spec_problems("gan-1", compiled, OperatorConfig(trainer_image_compiles=True)) == []
+    assert children.spec_problems("gan-1", VARIANTS["cpu"], CONFIG) == []

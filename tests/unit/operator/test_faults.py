@@ -179,3 +179,19 @@ def test_the_job_controllers_verdict_names_a_disruption_or_a_signal() -> None:
     taken = pod("Failed", name="gan-0", index=0, exit_code=143, disruption="PreemptionByScheduler")
     running = JobView(name="gan", attempt=1, active=1)
     assert attempt_outcome(running, [taken, rank1], replicas=2, total_steps=10, record=None).kind == "disrupted"
+
+
+@pytest.mark.parametrize(("phase", "code", "kind", "reason"), [
+    # `ganops launch` after a SIGTERM that every local rank answered with its checkpoint: exit 0, short of the end
+    ("Succeeded", 0, "disrupted", "StoppedEarly"),
+    # a SIGTERM some rank did not answer in time: 128 + 15, terminated by the signal
+    ("Failed", 143, "disrupted", "TerminatedBySignal(exit 143)"),
+    # what torchrun alone exits with after a SIGTERM, workers checkpointed or not: an application failure
+    ("Failed", 1, "failed", "Error"),
+])
+def test_the_launchers_exit_codes_after_a_sigterm(phase: str, code: int, kind: str, reason: str) -> None:
+    pods = [pod(phase, name=f"p-{i}", index=i, exit_code=code) for i in range(2)]
+    outcome = attempt_outcome(JOB, pods, replicas=2, total_steps=100, record=LatestRecord(step=40, uri="s3://x"))
+    assert (outcome.kind, outcome.reason) == (kind, reason)
+    decision = decide(outcome, preemptions=0, failures=0, backoff_limit=3)
+    assert decision is not None and decision.reason == ("Preempted" if kind == "disrupted" else "Failed")

@@ -39,6 +39,10 @@ def test_defaults_and_environment() -> None:
     assert config.resync_seconds == 0.5 and config.posting_level == logging.WARNING and config.replicas == 2
     off = OperatorConfig.from_env({"GANOPS_SPOT_NODE_LABEL": "", "GANOPS_SPOT_TOLERATION": ""})
     assert off.spot_node_label is None and off.spot_toleration is None
+    assert default.trainer_image_compiles is False
+    assert OperatorConfig.from_env({"GANOPS_TRAINER_IMAGE_COMPILES": "true"}).trainer_image_compiles is True
+    with pytest.raises(ConfigError, match="GANOPS_TRAINER_IMAGE_COMPILES must be true or false"):
+        OperatorConfig.from_env({"GANOPS_TRAINER_IMAGE_COMPILES": "maybe"})
 
 
 def test_a_wrong_environment_lists_every_problem() -> None:

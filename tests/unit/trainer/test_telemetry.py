@@ -145,6 +145,24 @@ def test_no_gpu_means_no_gpu_series(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ganops_gpu_utilization_ratio" not in telemetry.exposition()  # not even HELP/TYPE lines
 
 
+def test_a_gpu_without_nvidia_ml_py_says_so_at_warning(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    import tomllib
+    from pathlib import Path
+
+    import torch
+
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level("WARNING", logger="ganops.trainer.telemetry"):
+        telemetry = TrainingTelemetry(spec(), namespace="ns", job="j")
+    assert telemetry.gpu is None
+    assert any("nvidia-ml-py" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    # and the trainer extra installs it (the trainer image installs the extra)
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
+    assert any(r.startswith("nvidia-ml-py") for r in pyproject["project"]["optional-dependencies"]["trainer"])
+
+
 def test_endpoint_serves_and_a_busy_port_does_not_raise() -> None:
     first = TrainingTelemetry(spec(), namespace="ns", job="j", gpu=False)
     second = TrainingTelemetry(spec(), namespace="ns", job="j", gpu=False)

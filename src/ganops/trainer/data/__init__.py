@@ -19,6 +19,7 @@ from ganops.trainer.data.datasets import (
     TensorDataset,
     digits,
     grid25,
+    pixels_to_float,
     ring8,
 )
 from ganops.trainer.data.ingest import (
@@ -28,7 +29,7 @@ from ganops.trainer.data.ingest import (
     load_dataset,
     load_dataset_uri,
 )
-from ganops.trainer.data.stream import AUGMENTATIONS, DataStream, make_stream
+from ganops.trainer.data.stream import AUGMENTATIONS, DataStream, make_stream, mix_seed
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -46,5 +47,7 @@ __all__ = [
     "load_dataset",
     "load_dataset_uri",
     "make_stream",
+    "mix_seed",
+    "pixels_to_float",
     "ring8",
 ]

@@ -31,6 +31,7 @@ __all__ = [
     "TensorDataset",
     "digits",
     "grid25",
+    "pixels_to_float",
     "ring8",
 ]
 
@@ -80,33 +81,74 @@ class Dataset(ABC):
         """``n`` real samples for evaluation (without replacement when the dataset has that many)."""
 
 
-@dataclass(eq=False)
+def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """8-bit images → float32 in [-1, 1], on their device: ``p / 127.5 - 1`` (the one formula, so a batch converted
+    on a GPU is bitwise the batch converted on the host)."""
+    return pixels.to(torch.float32).div_(127.5).sub_(1.0)
+
+
 class TensorDataset(Dataset):
-    """A finite dataset: ``data`` (N, C, H, W) float32 in [-1, 1] or (N, 2); ``labels`` (N,) int64 or None."""
+    """A finite dataset: ``data`` (N, C, H, W) float32 in [-1, 1] or (N, 2); ``labels`` (N,) int64 or None.
 
-    data: torch.Tensor
-    labels: torch.Tensor | None = None
-    classes: tuple[str, ...] | None = None
-    uri: str = ""
+    Images decoded from 8-bit files are held as ``pixels`` (N, C, H, W) uint8 instead: ``data`` is then
+    ``pixels_to_float(pixels)``, materialised only if something asks for all of it (`sample` and `rows` convert
+    just the rows they return), so a rank holds a quarter of the bytes and the stream copies the uint8 tensor to
+    the GPU once.
+    """
 
-    def __post_init__(self) -> None:
-        if self.data.dim() not in (2, 4) or self.data.shape[0] == 0:
-            raise ValueError(f"data must be (N, C, H, W) or (N, 2) with N > 0, got {tuple(self.data.shape)}")
-        if self.data.dtype != torch.float32:
-            raise ValueError(f"data must be float32, got {self.data.dtype}")
-        if self.labels is not None:
-            if self.labels.shape != (self.data.shape[0],) or self.labels.dtype != torch.int64:
-                raise ValueError(f"labels must be ({self.data.shape[0]},) int64, got {tuple(self.labels.shape)} "
-                                 f"{self.labels.dtype}")
+    def __init__(self, data: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                 classes: tuple[str, ...] | None = None, uri: str = "", *,
+                 pixels: torch.Tensor | None = None) -> None:
+        if (data is None) == (pixels is None):
+            raise ValueError("give data (float32) or pixels (uint8), exactly one")
+        if pixels is not None:
+            if pixels.dim() != 4 or pixels.shape[0] == 0 or pixels.dtype != torch.uint8:
+                raise ValueError(f"pixels must be (N, C, H, W) uint8 with N > 0, got {tuple(pixels.shape)} "
+                                 f"{pixels.dtype}")
+            shape = tuple(pixels.shape)
+        else:
+            assert data is not None
+            if data.dim() not in (2, 4) or data.shape[0] == 0:
+                raise ValueError(f"data must be (N, C, H, W) or (N, 2) with N > 0, got {tuple(data.shape)}")
+            if data.dtype != torch.float32:
+                raise ValueError(f"data must be float32, got {data.dtype}")
+            shape = tuple(data.shape)
+        self._data = data
+        self.pixels = pixels
+        self._shape = shape
+        self.labels = labels
+        self.classes = classes
+        self.uri = uri
+        if labels is not None:
+            if labels.shape != (shape[0],) or labels.dtype != torch.int64:
+                raise ValueError(f"labels must be ({shape[0]},) int64, got {tuple(labels.shape)} {labels.dtype}")
             if self.classes is None:
-                self.classes = tuple(str(i) for i in range(int(self.labels.max()) + 1))
+                self.classes = tuple(str(i) for i in range(int(labels.max()) + 1))
+
+    @property
+    def data(self) -> torch.Tensor:
+        """All samples as float32 (converted from ``pixels`` on first use, then kept)."""
+        if self._data is None:
+            assert self.pixels is not None
+            self._data = pixels_to_float(self.pixels)
+        return self._data
+
+    def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """The float32 samples at ``idx`` (without materialising ``data``)."""
+        if self._data is None and self.pixels is not None:
+            return pixels_to_float(self.pixels[idx])
+        return self.data[idx]
 
     def __len__(self) -> int:
-        return int(self.data.shape[0])
+        return int(self._shape[0])
+
+    def __repr__(self) -> str:
+        kind = "pixels uint8" if self.pixels is not None else "float32"
+        return f"TensorDataset({self.uri!r}, {len(self)} samples of {self.sample_shape}, {kind})"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.data.shape[1:])
+        return tuple(self._shape[1:])
 
     @property
     def num_samples(self) -> int:
@@ -121,7 +163,7 @@ class TensorDataset(Dataset):
             idx = torch.randperm(len(self), generator=generator)[:n]
         else:
             idx = torch.randint(len(self), (n,), generator=generator)
-        return Batch(self.data[idx], None if self.labels is None else self.labels[idx])
+        return Batch(self.rows(idx), None if self.labels is None else self.labels[idx])
 
 
 @dataclass(eq=False)
@@ -150,9 +192,10 @@ class MixtureDataset(Dataset):
 
     def sample_with_modes(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` fresh points and the index of the mode each was drawn from."""
-        modes = torch.randint(self.num_modes, (n,), generator=generator)
-        noise = torch.randn(n, 2, generator=generator)
-        return self.mode_centers[modes] + self.sigma * noise, modes
+        device = generator.device  # drawn where the generator lives (the training device for the stream)
+        modes = torch.randint(self.num_modes, (n,), generator=generator, device=device)
+        noise = torch.randn(n, 2, generator=generator, device=device)
+        return self.mode_centers.to(device)[modes] + self.sigma * noise, modes
 
     def sample(self, n: int, generator: torch.Generator) -> Batch:
         return Batch(self.sample_with_modes(n, generator)[0], None)

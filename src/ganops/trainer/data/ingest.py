@@ -504,8 +504,7 @@ class _ImageLoader:
                         time.perf_counter() - start)
             self._write_cache(path, {"images": pixels, "labels": labels,
                                      "classes": None if classes is None else list(classes), "uri": self.uri})
-        data = pixels.to(torch.float32).div_(127.5).sub_(1.0)
-        return TensorDataset(data, labels, classes, self.uri)
+        return TensorDataset(None, labels, classes, self.uri, pixels=pixels.contiguous())
 
     def _write_cache(self, path: Path, blob: dict[str, Any]) -> None:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -6,6 +6,11 @@ batch). Batches may straddle epochs: every sample is used equally often and ever
 Randomness per batch (augmentations, 2-D draws) comes from a generator seeded by ``(seed, rank, batch number)``,
 so the whole position is ``(epoch, index, batches)`` and identical on every rank: the state saved by rank 0
 resumes every rank bitwise.
+
+With ``device`` (the trainer passes its own), the whole dataset is copied there once (as uint8 when it came from
+8-bit files: a quarter of float32's bytes), each epoch's shard of indices once per epoch, and every batch is
+gathered, converted to float and augmented there, from a generator on that device: no host↔device copy and no
+synchronisation per batch. On the CPU the batches are the same bits with or without ``device``.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ganops.trainer.data.datasets import Batch, Dataset, MixtureDataset, TensorDataset, _error
+from ganops.trainer.data.datasets import Batch, Dataset, MixtureDataset, TensorDataset, _error, pixels_to_float
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AUGMENTATIONS", "DataStream", "make_stream"]
+__all__ = ["AUGMENTATIONS", "DataStream", "make_stream", "mix_seed"]
 
 AUGMENTATIONS = ("hflip", "translate")
 _STATE_VERSION = 1
@@ -30,7 +35,7 @@ _TAG_BATCH = 0x42415443
 _MASK64 = (1 << 64) - 1
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A well-spread 63-bit seed from integers (splitmix64 over the values)."""
     h = 0x9E3779B97F4A7C15
     for value in values:
@@ -41,8 +46,12 @@ def _mix(*values: int) -> int:
     return h & ((1 << 63) - 1)
 
 
+_mix = mix_seed
+
+
 def _hflip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    flip = (torch.rand(x.shape[0], generator=g) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    flip = torch.rand(x.shape[0], generator=g, device=g.device) < 0.5
+    flip = (flip if flip.device == x.device else flip.to(x.device)).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(3), x)
 
 
@@ -50,7 +59,8 @@ def _translate(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Shift each image by up to 1/8 of its size (at least 1 px) per axis; borders are filled by reflection."""
     b, c, h, w = x.shape
     s = max(1, min(h, w) // 8)
-    shifts = torch.randint(-s, s + 1, (b, 2), generator=g).to(x.device)
+    shifts = torch.randint(-s, s + 1, (b, 2), generator=g, device=g.device)
+    shifts = shifts if shifts.device == x.device else shifts.to(x.device)
     padded = F.pad(x, (s, s, s, s), mode="reflect")
     # Two separable gathers (rows, then columns): vectorised on any device, twice as fast as one 4-D index.
     rows = (torch.arange(h, device=x.device) + s - shifts[:, :1]).view(b, 1, h, 1).expand(b, c, h, w + 2 * s)
@@ -103,8 +113,9 @@ class DataStream(Iterator[Batch]):
         self.epoch = 0
         self.index = 0
         self.batches = 0
-        self._gen = torch.Generator(device="cpu")
+        self._gen = torch.Generator(device=self.device or "cpu")
         self._data: torch.Tensor | None = None
+        self._pixels: torch.Tensor | None = None
         self._labels: torch.Tensor | None = None
         self._shard_cache: tuple[int, torch.Tensor] | None = None
         self.shard_size = 0
@@ -113,7 +124,10 @@ class DataStream(Iterator[Batch]):
                 raise _error(dataset.uri, f"{len(dataset)} samples cannot be shared by {world_size} ranks: "
                                           "add images or use fewer replicas/GPUs")
             self.shard_size = len(dataset) // world_size
-            self._data = dataset.data if self.device is None else dataset.data.to(self.device)
+            if self.device is not None and dataset.pixels is not None:
+                self._pixels = dataset.pixels.to(self.device)  # uint8: converted per batch, on the device
+            else:
+                self._data = dataset.data if self.device is None else dataset.data.to(self.device)
             if dataset.labels is not None:
                 self._labels = dataset.labels if self.device is None else dataset.labels.to(self.device)
 
@@ -131,7 +145,9 @@ class DataStream(Iterator[Batch]):
         """This rank's indices in ``epoch``: ``permutation(epoch)[rank::world_size]``, ``shard_size`` long."""
         if self._shard_cache is None or self._shard_cache[0] != epoch:
             perm = self.permutation(epoch)
-            self._shard_cache = (epoch, perm[self.rank :: self.world_size][: self.shard_size].clone())
+            shard = perm[self.rank :: self.world_size][: self.shard_size].clone()
+            # Once per epoch to the device, so slicing a batch's indices never copies or synchronises.
+            self._shard_cache = (epoch, shard if self.device is None else shard.to(self.device))
         return self._shard_cache[1]
 
     def _batch_generator(self) -> torch.Generator:
@@ -155,17 +171,16 @@ class DataStream(Iterator[Batch]):
     def next_batch(self) -> Batch:
         g = self._batch_generator()
         if isinstance(self.dataset, MixtureDataset):
-            x = self.dataset.sample(self.batch_size, g).x
-            if self.device is not None:
-                x = x.to(self.device)
+            x = self.dataset.sample(self.batch_size, g).x  # drawn on the generator's device
             self.index += self.batch_size
             self.batches += 1
             return Batch(x, None)
-        assert self._data is not None
         idx = self._next_indices()
-        if self.device is not None:
-            idx = idx.to(self.device)
-        x = self._data[idx]
+        if self._pixels is not None:
+            x = pixels_to_float(self._pixels[idx])
+        else:
+            assert self._data is not None
+            x = self._data[idx]
         y = None if self._labels is None else self._labels[idx]
         for name in self.augmentations:
             x = _AUGMENT[name](x, g)

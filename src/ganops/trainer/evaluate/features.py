@@ -162,6 +162,14 @@ class RawFeatures:
             raise ValueError(f"raw features have dimension {out.shape[1]}, expected {self.dim}")
         return out
 
+    def tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """The same features as a float32 tensor on the images' device."""
+        x = _as_tensor(images).detach().to(torch.float32)
+        out = x.reshape(x.shape[0], -1).clone()
+        if out.shape[1] != self.dim:
+            raise ValueError(f"raw features have dimension {out.shape[1]}, expected {self.dim}")
+        return out
+
 
 class _NetworkExtractor:
     name: str
@@ -177,16 +185,28 @@ class _NetworkExtractor:
             p.requires_grad_(False)
 
     def _batched(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], width: int) -> NDArray[Any]:
+        return self._batched_tensor(images, fn, width).cpu().numpy()
+
+    def _batched_tensor(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
+                        width: int) -> torch.Tensor:
+        """``fn`` over batches on the extractor's device; the result stays there."""
         x = _as_tensor(images)
         if x.ndim != 4:
             raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(x.shape)}")
         if x.shape[0] == 0:
-            return np.zeros((0, width), dtype=np.float32)
+            return torch.zeros((0, width), dtype=torch.float32, device=self.device)
         outputs = []
         with torch.inference_mode():
             for chunk in torch.split(x, self.batch_size):
-                outputs.append(fn(chunk.to(self.device, torch.float32)).cpu())
-        return torch.cat(outputs).numpy()
+                outputs.append(fn(chunk.to(self.device, torch.float32)).float())
+        return torch.cat(outputs)
+
+    def tensor(self, images: torch.Tensor) -> torch.Tensor:
+        """The features of `__call__` as a float32 tensor on the extractor's device."""
+        return self._batched_tensor(images, self._features, self.dim)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
 
 class InceptionV3(_NetworkExtractor):
