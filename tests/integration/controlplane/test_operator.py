@@ -112,7 +112,9 @@ def test_pods_that_never_start_say_why_and_fail_after_start_timeout(
     the job's PodsNotStarting condition, and past runPolicy.startTimeoutSeconds the attempt fails with it. A job
     waiting for Kueue (not installed here) says it is queued and has no start clock."""
     ns = cp_namespace
-    operator = start_operator(GANOPS_S3_SECRET="ganops-s3")  # a Secret nobody created in this namespace
+    # a Secret nobody created in this namespace; the platform's policy lets jobs choose these pods' placement
+    operator = start_operator(GANOPS_S3_SECRET="ganops-s3", GANOPS_ALLOWED_NODE_SELECTORS="ganops.io/pool",
+                              GANOPS_ALLOWED_PRIORITY_CLASSES="missing-class")
     no_secret = grid_job("no-secret", runPolicy={"startTimeoutSeconds": 12, "backoffLimit": 0})
     no_node = grid_job("no-node", resources={"nodeSelector": {"ganops.io/pool": "nowhere"}})
     no_class = grid_job("no-class", resources={"priorityClassName": "missing-class"})
