@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH)
-	$(PIP) install -q -e '.[trainer,operator,serving,dev]'
+	$(PIP) install -q -e '.[trainer,operator,serving,local,dev]'
 	$(PIP) install -q --no-deps invisible-watermark==0.2.0
 	touch $(STAMP)
 
