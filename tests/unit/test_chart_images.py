@@ -55,19 +55,44 @@ def test_dockerfile_is_multistage_pinned_non_root_and_labelled(image: str) -> No
 
 
 def test_images_run_what_the_chart_and_operator_run() -> None:
-    operator = (chart.ROOT / "operator" / "Dockerfile").read_text()
-    serving = (chart.ROOT / "serving" / "Dockerfile").read_text()
-    trainer = (chart.ROOT / "trainer" / "Dockerfile").read_text()
+    operator, serving, trainer = (re.sub(r"\s*\\\n\s*", " ", (chart.ROOT / name / "Dockerfile").read_text())
+                                  for name in ("operator", "serving", "trainer"))
     deployment = (chart.CHART / "templates" / "operator-deployment.yaml").read_text()
     assert 'ENTRYPOINT ["kopf", "run", "-m", "ganops.operator.main"]' in operator
     assert 'command: ["kopf", "run", "-m", "ganops.operator.main"]' in deployment
     assert 'CMD ["python", "-m", "ganops.serving"]' in serving
-    assert "'.[operator]'" in operator and "torch" not in operator.split("FROM")[1].replace(
-        "find_spec('torch') is None", "")  # the operator image never installs torch
-    assert "'.[trainer]'" in trainer and "torch==${TORCH_VERSION}" in trainer
-    assert "invisible-watermark==0.2.0" in serving and "--no-deps" in serving
+    # Each image installs its own lock (hashes, no resolution at build time), then the ganops wheel without deps.
+    for text, lock in ((operator, "operator"), (trainer, "trainer"), (serving, "serving")):
+        assert f"--no-deps --require-hashes -r images/locks/{lock}.lock" in text
+        assert "pip wheel -q --no-deps --no-build-isolation" in text and "--no-deps --target /opt/ganops" in text
+    assert "torch" not in operator.split("FROM")[2].replace("find_spec('torch') is None", "").replace(
+        "'torch in the operator image'", "")  # the operator image never installs torch
+    for text, lock in ((trainer, "trainer-torch"), (serving, "serving-torch")):
+        assert f"--no-deps --require-hashes -r images/locks/{lock}.lock" in text  # TORCH_SOURCE=lock
+        assert '--index-url "$TORCH_SOURCE" "torch==${TORCH_VERSION}"' in text  # the published build
+
+
+def test_locks_pin_every_package_with_hashes_and_match_pyproject() -> None:
+    from scripts.images import LOCKS
+    from scripts.images.lock import parse, stale
+
+    assert stale() == [], "pyproject.toml's dependencies changed: run `make lock`"
+    for path in sorted(LOCKS.glob("*.lock")):
+        entries = parse(path.read_text())
+        assert entries, path.name
+        for entry in entries:
+            assert "==" in entry.lines[0], (path.name, entry.lines[0])
+            assert any("--hash=sha256:" in line for line in entry.lines), (path.name, entry.name)
+    serving = {e.name for e in parse((LOCKS / "serving.lock").read_text())}
+    assert "invisible-watermark" in serving and "torch" not in serving
+    assert "mlflow" not in serving and "mlflow-skinny" in serving  # the client only: no server stack in images
+    serving_torch = {e.name for e in parse((LOCKS / "serving-torch.lock").read_text())}
+    trainer_torch = {e.name for e in parse((LOCKS / "trainer-torch.lock").read_text())}
+    assert "torch" in serving_torch and trainer_torch - serving_torch == {"triton", "nvidia-nvtx"}
 
 
 def test_build_context_is_small() -> None:
     ignore = (chart.ROOT / ".dockerignore").read_text().split()
-    assert ignore[ignore.index("*") + 1:][:3] == ["!pyproject.toml", "!README.md", "!src/"]
+    allowed = ignore[ignore.index("*") + 1:]
+    assert [a for a in allowed if a.startswith("!")] == ["!pyproject.toml", "!README.md", "!src/", "!images/locks/",
+                                                         "!images/wheels/"]
