@@ -96,3 +96,12 @@ def test_build_context_is_small() -> None:
     allowed = ignore[ignore.index("*") + 1:]
     assert [a for a in allowed if a.startswith("!")] == ["!pyproject.toml", "!README.md", "!src/", "!images/locks/",
                                                          "!images/wheels/"]
+
+
+def test_trainer_pods_run_as_the_chart_and_the_images_do() -> None:
+    """The operator's trainer pods, the chart's pods and the images' USER: one securityContext."""
+    from ganops.operator.children import restricted_container_security, restricted_pod_security
+
+    values = yaml.safe_load((chart.CHART / "values.yaml").read_text())
+    assert restricted_pod_security() == values["podSecurityContext"]
+    assert restricted_container_security() == values["containerSecurityContext"]

@@ -44,7 +44,9 @@ JOB_FILE_DIR = "/etc/ganops"
 JOB_FILE_KEY = "job.yaml"
 JOB_FILE_PATH = f"{JOB_FILE_DIR}/{JOB_FILE_KEY}"
 CONTAINER = "trainer"
-RUN_AS_USER = 1000
+# The USER of the trainer image (trainer/Dockerfile) and the chart's podSecurityContext.runAsUser: the smoke run of
+# the built image (tests/images) runs the operator's pod spec under this context.
+RUN_AS_USER = 10001
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_HOSTNAME = 63
