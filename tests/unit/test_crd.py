@@ -121,6 +121,16 @@ MUTATIONS: list[tuple[str, Any, bool]] = [
     ("s3 dataset", lambda o: o["spec"]["dataset"].update(uri="s3://b/x.zip"), True),
     ("gs dataset", lambda o: o["spec"]["dataset"].update(uri="gs://b/x.zip"), False),
     ("gs checkpoint", lambda o: o["spec"]["checkpoint"].update(uri="gs://b"), False),
+    ("pvc and nfs volumes", lambda o: o["spec"].update(volumes=[
+        {"name": "a", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "a"}},
+        {"name": "b", "mountPath": "/mnt/b", "nfs": {"server": "nfs", "path": "/exports/b"}}]), True),
+    ("volume without a source", lambda o: o["spec"].update(volumes=[{"name": "a", "mountPath": "/data/a"}]), False),
+    ("volume with two sources", lambda o: o["spec"].update(volumes=[
+        {"name": "a", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "a"},
+         "nfs": {"server": "nfs", "path": "/exports/a"}}]), False),
+    ("volumes sharing a name", lambda o: o["spec"].update(volumes=[
+        {"name": "a", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "a"}},
+        {"name": "a", "mountPath": "/data/b", "persistentVolumeClaim": {"claimName": "b"}}]), False),
 ]
 
 

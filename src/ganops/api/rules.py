@@ -117,6 +117,23 @@ RULES: tuple[Rule, ...] = (
         message="needs gpusPerReplica > 0: set gpusPerReplica or remove gpuType",
     ),
     Rule(
+        model="GanTrainingJobSpec",
+        node="spec",
+        field="volumes",
+        cel="self.volumes.all(v, has(v.persistentVolumeClaim) != has(v.nfs))",
+        check=lambda s: all((v.persistent_volume_claim is None) != (v.nfs is None) for v in s.volumes),
+        message="must each have exactly one source: persistentVolumeClaim or nfs",
+    ),
+    Rule(
+        model="GanTrainingJobSpec",
+        node="spec",
+        field="volumes",
+        cel="self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name) "
+        "&& self.volumes.exists_one(w, w.mountPath == v.mountPath))",
+        check=lambda s: len({v.name for v in s.volumes}) == len({v.mount_path for v in s.volumes}) == len(s.volumes),
+        message="must have distinct names and distinct mountPaths",
+    ),
+    Rule(
         model="CheckpointSpec",
         node="spec.checkpoint",
         field="uri",

@@ -283,7 +283,7 @@ def _scheduling(owner: Owner, spec: GanTrainingJobSpec, config: OperatorConfig) 
     return out
 
 
-def _volumes(owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(owner: Owner, spec: GanTrainingJobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     volumes: list[dict[str, Any]] = [
         {"name": "job-file", "configMap": {"name": configmap_name(owner.name),
                                            "items": [{"key": JOB_FILE_KEY, "path": JOB_FILE_KEY}]}},
@@ -297,6 +297,16 @@ def _volumes(owner: Owner) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         {"name": "cache", "mountPath": "/cache"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    for volume in spec.volumes:  # dataset volumes (spec.volumes): a PVC or an NFS export, under /data or /mnt
+        name = f"data-{volume.name}"
+        if volume.persistent_volume_claim is not None:
+            source = {"persistentVolumeClaim": {"claimName": volume.persistent_volume_claim.claim_name,
+                                                "readOnly": volume.read_only}}
+        else:
+            assert volume.nfs is not None  # the spec's rules: exactly one source
+            source = {"nfs": {"server": volume.nfs.server, "path": volume.nfs.path, "readOnly": volume.read_only}}
+        volumes.append({"name": name, **source})
+        mounts.append({"name": name, "mountPath": volume.mount_path, "readOnly": volume.read_only})
     return volumes, mounts
 
 
@@ -347,7 +357,7 @@ def training_job(
     annotations = {ANNOTATION_RESTARTS: restarts_annotation(restarts or {})}
     if resume_from:
         annotations[ANNOTATION_RESUME_FROM] = resume_from
-    volumes, mounts = _volumes(owner)
+    volumes, mounts = _volumes(owner, spec)
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": spec.resources.image or config.image,
