@@ -97,12 +97,26 @@ def _free_gb(path: Path) -> float:
     return usage.free / 1e9
 
 
+def clean(engine: Engine) -> int:
+    """Remove every tag of the three images, then build containers and untagged images (the layer cache)."""
+    listing = engine.output("images", "--format", "{{.Repository}}:{{.Tag}}")
+    for ref in listing.splitlines():
+        if any(ref.startswith(f"{REGISTRY}/{image}:") for image in IMAGES):
+            engine.remove(ref)
+    engine.prune()
+    log("removed the images and the layer cache; the base image stays cached")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the operator, trainer and serving images.")
     parser.add_argument("images", nargs="*", default=list(IMAGES), choices=list(IMAGES))
     parser.add_argument("--engine", default=os.environ.get("IMAGE_ENGINE", "auto"))
     parser.add_argument("--refresh-base", action="store_true", help="rebuild the local base image first")
+    parser.add_argument("--clean", action="store_true", help="remove the images, build containers and layer cache")
     args = parser.parse_args(argv)
+    if args.clean:
+        return clean(detect(args.engine))
     stale = stale_locks()
     if stale:
         raise SystemExit(f"images: lock files out of date with pyproject.toml: {', '.join(stale)}; run `make lock`")
