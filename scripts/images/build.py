@@ -99,7 +99,8 @@ def _free_gb(path: Path) -> float:
 
 def clean(engine: Engine) -> int:
     """Remove every tag of the three images, then build containers and untagged images (the layer cache)."""
-    listing = engine.output("images", "--format", "{{.Repository}}:{{.Tag}}")
+    field = "{{.Name}}:{{.Tag}}" if engine.name == "buildah" else "{{.Repository}}:{{.Tag}}"
+    listing = engine.output("images", "--format", field)
     for ref in listing.splitlines():
         if any(ref.startswith(f"{REGISTRY}/{image}:") for image in IMAGES):
             engine.remove(ref)
@@ -110,13 +111,17 @@ def clean(engine: Engine) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the operator, trainer and serving images.")
-    parser.add_argument("images", nargs="*", default=list(IMAGES), choices=list(IMAGES))
+    parser.add_argument("images", nargs="*", help=f"some of {', '.join(IMAGES)} (default: all)")
     parser.add_argument("--engine", default=os.environ.get("IMAGE_ENGINE", "auto"))
     parser.add_argument("--refresh-base", action="store_true", help="rebuild the local base image first")
     parser.add_argument("--clean", action="store_true", help="remove the images, build containers and layer cache")
     args = parser.parse_args(argv)
     if args.clean:
         return clean(detect(args.engine))
+    unknown = sorted(set(args.images) - set(IMAGES))
+    if unknown:
+        parser.error(f"unknown image(s) {', '.join(unknown)}: choose from {', '.join(IMAGES)}")
+    args.images = args.images or list(IMAGES)
     stale = stale_locks()
     if stale:
         raise SystemExit(f"images: lock files out of date with pyproject.toml: {', '.join(stale)}; run `make lock`")
