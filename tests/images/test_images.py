@@ -32,6 +32,7 @@ import copy
 import json
 import os
 import shutil
+import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -46,6 +47,10 @@ from scripts import chart
 from scripts.images import IMAGES, REGISTRY, STATE, project_version
 from scripts.images.engine import Engine, detect
 from scripts.images.runtime import Container, Mount, PodLauncher, Security, _own, available, image_config
+
+from ganops.api.crd import build_crd
+from ganops.operator.children import Owner, training_job
+from ganops.operator.settings import OperatorConfig
 from tests.support.jobs import digits_job
 from tests.support.kube import KubeAPI
 from tests.support.kube.admission import schema_admission
@@ -53,10 +58,6 @@ from tests.support.mlflow_server import MlflowServer, start_mlflow_server
 from tests.support.moto_server import MotoS3Server, free_port, running_moto_server
 from tests.support.node import NODE_NAME, Node
 from tests.support.serving import api_keys_file
-
-from ganops.api.crd import build_crd
-from ganops.operator.children import Owner, training_job
-from ganops.operator.settings import OperatorConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -160,9 +161,22 @@ def engine() -> Engine:
     return detect("buildah")
 
 
+def _from_docker(engine: Engine, ref: str, tmp: Path) -> None:
+    """An image Docker built, copied into buildah's storage (the runtime runs buildah's working containers)."""
+    if shutil.which("docker") is None:
+        return
+    archive = tmp / "image.tar"
+    if subprocess.run(["docker", "save", "-o", str(archive), ref], capture_output=True, check=False).returncode == 0:
+        engine.run("pull", "--quiet", f"docker-archive:{archive}", capture=True, check=False)
+        archive.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="module")
-def images(engine: Engine) -> dict[str, str]:
+def images(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     refs = built_images()
+    for ref in refs.values():
+        if not engine.exists(ref):
+            _from_docker(engine, ref, tmp_path_factory.mktemp("docker"))
     missing = [ref for ref in refs.values() if not engine.exists(ref)]
     if missing:
         message = f"images not built: {', '.join(missing)} (run `make images`)"
