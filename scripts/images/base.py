@@ -67,7 +67,7 @@ def _bootstrap(engine: Engine, tag: str) -> None:
         run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, mount, MIRROR],
             env=engine.environ(), capture=True)
         engine.run("umount", container, capture=True)
-        engine.run("run", "--network", "host", container, "--", "sh", "-c", UPGRADE)
+        engine.run("run", "--network", "host", container, "--", "sh", "-c", UPGRADE, capture=True)
         created = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         engine.run("config", *[arg for env in CONFIG["env"] for arg in ("--env", env)], "--cmd", str(CONFIG["cmd"]),
                    "--label", f"org.opencontainers.image.title={NAME}",
