@@ -149,7 +149,7 @@ shared).
 {rows}
 
 ganops' `frechet_distance` is this same pytorch-fid formula (its agreement with an independent reference is a
-unit test, `tests/unit/test_evaluate_frechet.py`), so it costs what the reference column shows.
+unit test, `tests/unit/trainer/evaluate/test_frechet.py`), so it costs what the reference column shows.
 The "same distribution" FID is far from 0: at n = 10k and d = 2048 the estimator's bias dominates.
 
 Statistics (mean + covariance) of one set: {stats_seconds:.2f} s. Whole benchmark: {total:.1f} s

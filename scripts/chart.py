@@ -454,7 +454,7 @@ def documents(rendered: dict[str, str]) -> Iterator[tuple[str, dict[str, Any]]]:
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: the dashboards are big strings
 
 _HEADER = ("# Generated from charts/ganops by `make manifests` (release {release}, namespace {namespace}, "
-           "values: {values}).\n# Do not edit: change the chart and regenerate; tests/unit/test_chart_manifests.py "
+           "values: {values}).\n# Do not edit: change the chart and regenerate; tests/unit/chart/test_manifests.py "
            "fails on drift.\n")
 
 

@@ -508,7 +508,8 @@ def test_jobs_train_promote_and_serve_end_to_end(platform: Platform) -> None:
     assert alias.checkpoint_uri.startswith(f"{p.checkpoints}/{NS}/digits-e2e-b/step-")
     poll(lambda: traffic.seen and traffic.seen[-1] == (200, second["promotedVersion"]), 60,
          "the server swaps to version 2")
-    time.sleep(1.0)
+    swapped = len(traffic.seen)
+    poll(lambda: len(traffic.seen) >= swapped + 5, 60, "five more answers after the swap (none may be version 1)")
     traffic.stop()
     mark("swapped to the second version")
     outcomes = list(traffic.seen)
@@ -605,6 +606,7 @@ def check_prometheus(p: Platform, since: float, statuses: dict[str, dict[str, An
     absent = sorted(name for name in wanted if not _series(prom, name, since))
     unimplemented = [name for name in absent if not _exported_by_source(name)]
     broken = [name for name in absent if name not in unimplemented]
+    assert not unimplemented, f"dashboard series that no component exports: {unimplemented}"
     assert not broken, f"exported by the code but not in Prometheus after the run: {broken}"
 
     # Rules loaded and healthy; no alert fired at any time, and no alert condition holds now.
@@ -617,8 +619,6 @@ def check_prometheus(p: Platform, since: float, statuses: dict[str, dict[str, An
     holding = {name: [r["metric"] for r in prom.query(rule["expr"])] for name, rule in contract.alerts().items()}
     holding = {name: series for name, series in holding.items() if series}
     assert not holding, f"alert conditions hold at the end of a healthy run: {holding}"
-    if unimplemented:
-        pytest.xfail(f"the flow passed, but these dashboard series are exported by no component yet: {unimplemented}")
 
 
 def test_exported_by_source_finds_counters_without_their_suffix() -> None:

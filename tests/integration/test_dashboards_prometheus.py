@@ -10,7 +10,9 @@ Two sources of data, same checks:
   `ganops train` processes and `python -m ganops.serving` under light load. ganops' own queries must return data;
   queries that need DCGM, OpenCost, kube-state-metrics or a GPU must evaluate without error. It then renders every
   dashboard from that Prometheus into `reports/dashboards/components/<uid>.png` (or `$GANOPS_DASHBOARD_PREVIEW_DIR`)
-  and prints where. Should a component stop exporting a contract series, it is skipped with a reason naming it.
+  and prints where. Should a component stop exporting a contract series, the tests fail naming it (never a skip):
+  the only series allowed to stay empty are those of the named external exporters and GPU-only series
+  (tests/support/exporters.py).
 
 Prometheus scrapes every second; the synthetic part takes about 20 s, the real components about a minute.
 """
@@ -37,6 +39,7 @@ import yaml
 from dashboards import contract
 from dashboards.synthetic import Synthetic, prometheus_config
 
+from tests.support.exporters import EXTERNAL_EXPORTERS, GPU_ONLY, exported_in_source
 from tests.support.kube.fixtures import kopf_process, kube_api, kube_api_options  # noqa: F401 (fixtures)
 
 pytest_plugins = ["tests.support.mlflow_server"]  # mlflow_uri: one real MLflow server per session
@@ -69,6 +72,7 @@ class PrometheusServer:
         self.log_path = workdir / "prometheus.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, timeout=30)
+        self.synthetic_t0: float | None = None  # when the synthetic exporter's clock started (its t = 0)
 
     def start(self, timeout: float = 30) -> None:
         assert PROMETHEUS is not None
@@ -108,8 +112,8 @@ class PrometheusServer:
             raise AssertionError(f"{path} {params}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr, **({"time": f"{at:.3f}"} if at is not None else {}))
         return [{"metric": {}, "value": data["result"]}] if data["resultType"] == "scalar" else data["result"]
 
     def query_range(self, expr: str, seconds: float, step: float = 1.0) -> list[dict[str, Any]]:
@@ -140,8 +144,9 @@ def evaluate(prom: PrometheusServer, q: contract.PanelQuery) -> list[dict[str, A
 
 
 def needs_ecosystem(expr: str) -> set[str]:
-    """Series an expression needs that ganops cannot provide here (DCGM, OpenCost, kube-state-metrics, GPU)."""
-    return contract.leaf_series(expr) & (contract.ECOSYSTEM | contract.GPU_ONLY) - {"up", "ALERTS"}
+    """Series an expression needs that nobody exports on this machine: those of the named external exporters
+    (DCGM, OpenCost, kube-state-metrics) and ganops' GPU-only ones. Prometheus' own `up`/`ALERTS` exist here."""
+    return contract.leaf_series(expr) & ({*EXTERNAL_EXPORTERS, *GPU_ONLY} - {"up", "ALERTS"})
 
 
 # ----------------------------------------------------------------------------------------- contract (synthetic)
@@ -152,6 +157,7 @@ def synthetic_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
     address = f"127.0.0.1:{server.server_address[1]}"
     prom = PrometheusServer(tmp_path_factory.mktemp("prometheus"),
                             prometheus_config(address, "1s", [str(contract.RULES_FILE)]))
+    prom.synthetic_t0 = exporter.t0
     try:
         prom.start()
         prom.wait_for('count(up == 1) == 6', 20, "all six synthetic targets up")
@@ -189,9 +195,105 @@ def test_recording_rule_produces_series(synthetic_prometheus: PrometheusServer, 
     assert has_data(synthetic_prometheus.query(record)), f"recording rule {record} has no data"
 
 
+# Every alert expression evaluated at one instant of the synthetic exporter's clock, t = ALERT_T seconds, where
+# dashboards/synthetic.py's formulas say what each must return (labels as scraped: trainer and operator with
+# honor_labels keep namespace/job of the series; serving gets its target's namespace and job "ganops-serving").
+# ALERT_T is 2 s or more away from every step of those formulas (15, 20, 30, 40, 45 s).
+ALERT_T = 47.0
+SERVING = {"namespace": "ganops", "job": "ganops-serving"}
+
+
+def _synthetic_t(prom: PrometheusServer, selector: str, at: float) -> float:
+    """The synthetic clock when the newest sample of `selector` at `at` was scraped."""
+    (sample,) = prom.query(f"max(timestamp({selector}))", at=at)
+    assert prom.synthetic_t0 is not None
+    return float(sample["value"][1]) - prom.synthetic_t0
+
+
+def _recorded_at(prom: PrometheusServer, record: str, at: float) -> float:
+    """When the rule group last recorded `record` before `at` (its inputs are the samples scraped before then)."""
+    (sample,) = prom.query(f"max(timestamp({record}))", at=at)
+    return float(sample["value"][1])
+
+
+def _digits_gpu_ratio(prom: PrometheusServer, at: float) -> float:
+    """Digits' GPU has no profiling metric: DCGM_FI_DEV_GPU_UTIL / 100 = (30 + 5 sin(t/5)) / 100, at the scrape
+    the recording rule read."""
+    recorded = _recorded_at(prom, 'ganops:job_gpu_utilization:ratio{job="digits"}', at)
+    t = _synthetic_t(prom, 'DCGM_FI_DEV_GPU_UTIL{exported_pod="digits-trainer-0"}', recorded)
+    return (30 + 5 * math.sin(t / 5)) / 100
+
+
+def _faces_budget_burn(prom: PrometheusServer, at: float) -> float:
+    """faces costs 0.02 USD per second of the synthetic clock against a budget of 1 USD."""
+    recorded = _recorded_at(prom, 'ganops:job_budget_burn:ratio{job="faces"}', at)
+    return 0.02 * _synthetic_t(prom, 'ganops_job_cost_usd_total{job="faces"}', recorded) / 1.0
+
+
+# alert → [(labels the result must carry, expected value or f(prom, at), absolute tolerance)]; [] = must not hold
+ExpectedValue = float | Callable[[PrometheusServer, float], float]
+ALERT_EXPECTATIONS: dict[str, list[tuple[dict[str, str], ExpectedValue, float]]] = {
+    # job "old" is Failed in the operator's phase series
+    "GanJobFailed": [({"namespace": "ml", "job": "old"}, 1.0, 0.0)],
+    # checkpoints every 5 s, and no trainer has been running for an hour
+    "GanCheckpointStale": [],
+    # no Diverged / DiscriminatorOverpowering events
+    "GanTrainingDiverged": [],
+    "GanDiscriminatorOverpowering": [],
+    # faces rolls back at t = 20 and 40: two rollbacks (increase() extrapolates a little)
+    "GanTrainingRolledBack": [({"namespace": "ml", "job": "faces"}, 2.0, 0.2)],
+    # faces' ModeCollapseSuspected counter is floor(t / 15) = 3, born within the 15 min window: counted by value
+    "GanModeCollapseSuspected": [({"namespace": "ml", "job": "faces"}, 3.0, 0.0)],
+    # digits' GPU (DCGM_FI_DEV_GPU_UTIL 30 ± 5 %) is under 40 %; faces' (profiling metric, 75 ± 15 %) is not
+    # (tolerances: 0.5 s between a scrape's timestamp and the exporter reading its clock)
+    "GanGPUUnderutilized": [({"namespace": "ml", "job": "digits"}, _digits_gpu_ratio, 5e-3)],
+    # faces costs 0.02 USD/s of a 1 USD budget: about 0.94 at t = 47, over 80 % (digits: 0.01 USD/s of 10 USD)
+    "GanBudgetBurnHigh": [({"namespace": "ml", "job": "faces"}, _faces_budget_burn, 0.01)],
+    # 5xx share 0.02 / (1 + 0.02 + 0.05) = 1.87 %: above 0.5 % (slow burn), below 3 % and 7.2 % (fast burn)
+    "GanServingAvailabilityBudgetBurnFast": [],
+    "GanServingAvailabilityBudgetBurnSlow": [(SERVING, 0.02 / 1.07, 1e-9)],
+    # share over 500 ms: 1 - (0.97 × 1.02 + 0.05) / 1.07 = 2.86 %, under the 5 % budget
+    "GanServingLatencyBudgetBurnFast": [],
+    "GanServingLatencyBudgetBurnSlow": [],
+    # the largest block share is nsfw's 3 %, under 5 %
+    "GanSafetyBlockRateSpike": [],
+    "GanModelNotReady": [],
+    # faces failed one load at t = 30 (digits none)
+    "GanModelLoadFailing": [({**SERVING, "model": "faces"}, 1.0, 0.1)],
+    # faces' store errors are floor(t / 20) = 2 in 10 min, under 10
+    "GanModelRegistryUnreachable": [],
+    "GanOperatorDown": [],
+    # reconcile errors floor(t / 10) against 5 reconciles/s: about 2 %, under 10 %
+    "GanOperatorReconcileErrors": [],
+}
+
+
+@pytest.fixture(scope="module")
+def alert_instant(synthetic_prometheus: PrometheusServer) -> float:
+    """t = ALERT_T on the synthetic clock, once Prometheus has stored the scrapes up to it."""
+    assert synthetic_prometheus.synthetic_t0 is not None
+    at = synthetic_prometheus.synthetic_t0 + ALERT_T
+    synthetic_prometheus.wait_for(f"timestamp(up) >= {at}", ALERT_T + 30, f"scrapes past t = {ALERT_T} s")
+    return at
+
+
+def test_every_alert_has_an_expectation() -> None:
+    assert set(ALERT_EXPECTATIONS) == set(contract.alerts())
+
+
 @pytest.mark.parametrize("alert", sorted(contract.alerts()))
-def test_alert_expression_evaluates(synthetic_prometheus: PrometheusServer, alert: str) -> None:
-    synthetic_prometheus.query(contract.alerts()[alert]["expr"])  # raises on a PromQL or evaluation error
+def test_alert_expression_evaluates(synthetic_prometheus: PrometheusServer, alert_instant: float, alert: str) -> None:
+    """Each alert's expression over the scraped synthetic series returns exactly the series (and values) that
+    dashboards/synthetic.py's formulas put over or under its threshold at t = ALERT_T."""
+    prom = synthetic_prometheus
+    result = prom.query(contract.alerts()[alert]["expr"], at=alert_instant)  # raises on a PromQL error
+    expected = ALERT_EXPECTATIONS[alert]
+    assert len(result) == len(expected), f"{alert}: {[(r['metric'], r['value'][1]) for r in result]}"
+    for labels, value, tolerance in expected:
+        matching = [r for r in result if labels.items() <= r["metric"].items()]
+        assert len(matching) == 1, f"{alert}: no single series with {labels} in {[r['metric'] for r in result]}"
+        want = value(prom, alert_instant) if callable(value) else value
+        assert float(matching[0]["value"][1]) == pytest.approx(want, abs=tolerance), (alert, labels)
 
 
 @pytest.mark.parametrize("q", contract.panel_queries(), ids=lambda q: f"{q.dashboard}:{q.panel_id}:{q.ref_id}")
@@ -224,36 +326,21 @@ def test_preview_renders_every_panel(synthetic_prometheus: PrometheusServer, tmp
 
 
 # -------------------------------------------------------------------------------------------- real components
-# Series each component must export (the names of dashboards/METRICS.md), looked up in its source.
-COMPONENT_SERIES = {
-    "trainer": (SRC / "trainer", [
-        "ganops_train_step", "ganops_train_images_per_second", "ganops_train_loss", "ganops_train_grad_norm",
-        "ganops_eval_fid", "ganops_checkpoint_last_success_timestamp_seconds", "ganops_job_cost_usd",
-        "ganops_train_health_events", "ganops_train_rollbacks", "ganops_train_diversity_ratio",
-        "ganops_train_discriminator_accuracy"]),
-    "operator": (SRC / "operator", [
-        "ganops_operator_jobs", "ganops_operator_reconcile_seconds", "ganops_operator_reconcile_errors",
-        "ganops_operator_job_phase", "ganops_operator_job_restarts", "ganops_job_budget_usd",
-        "ganops_operator_promotions", "ganops_model_version_quality"]),
-    "serving": (SRC / "serving", [
-        "ganops_serving_request_duration_seconds", "ganops_serving_stage_duration_seconds",
-        "ganops_serving_samples", "ganops_serving_batch_size", "ganops_serving_queue_depth",
-        "ganops_safety_decisions", "ganops_model_info", "ganops_serving_ready", "ganops_model_load_failures",
-        "ganops_model_store_errors"]),
-}
+# Series each component must export: dashboards/METRICS.md's sections, declared (quoted) in the component's source.
+COMPONENT_SERIES = {name: (SRC / name, sorted(series)) for name, series in contract.series_by_component().items()
+                    if name in ("trainer", "operator", "serving")}
 ENTRY_POINTS = {"trainer": SRC / "trainer" / "telemetry.py", "operator": SRC / "operator" / "main.py",
                 "serving": SRC / "serving" / "app.py"}
 
 
 def missing_components() -> list[str]:
     problems = []
-    for name, (folder, series) in COMPONENT_SERIES.items():
+    for name, (_, series) in COMPONENT_SERIES.items():
         entry = ENTRY_POINTS[name]
         if not entry.is_file():
             problems.append(f"{name} ({entry.relative_to(REPO)} missing)")
             continue
-        source = "\n".join(p.read_text() for p in folder.rglob("*.py"))
-        absent = [s for s in series if s not in source]
+        absent = [s for s in series if not exported_in_source(s, name)]
         if absent:
             problems.append(f"{name} (does not export {', '.join(absent)})")
     if not (SRC / "serving" / "__main__.py").is_file() and (SRC / "serving" / "app.py").is_file():
@@ -261,10 +348,10 @@ def missing_components() -> list[str]:
     return problems
 
 
-MISSING = missing_components()
-# Panels that cannot have data on a CPU machine without DCGM/OpenCost/kube-state-metrics, or before an event that a
-# short run does not produce; they must still evaluate without error.
-MAY_BE_EMPTY_IN_A_SHORT_RUN: dict[str, str] = {}  # series → why a short run cannot produce it
+def test_every_component_exports_its_contract_series() -> None:
+    """A component that stops exporting a contract series fails here, by name (the real-components test below
+    would fail on the same gap, more slowly)."""
+    assert missing_components() == []
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -298,10 +385,6 @@ def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-# Known gaps of the real components against dashboards/METRICS.md: queries that stay empty until they are fixed.
-KNOWN_GAPS: dict[str, str] = {}  # series → why a component does not export it yet
 
 
 def _trainer_env(tmp_path: Path, name: str, port: int) -> dict[str, str]:
@@ -489,12 +572,12 @@ def preview_dir() -> Path:
     return Path(os.environ.get("GANOPS_DASHBOARD_PREVIEW_DIR", REPO / "reports" / "dashboards" / "components"))
 
 
-@pytest.mark.skipif(bool(MISSING), reason="components not ready: " + "; ".join(MISSING))
 @pytest.mark.slow
 def test_every_query_on_real_components(components: Components, request: pytest.FixtureRequest) -> None:
     """Every panel query, variable and rule against the real trainer, operator and serving: ganops' own queries
     return data, DCGM/OpenCost/kube-state-metrics ones evaluate without error. Then the preview renders every
     dashboard from this Prometheus into `reports/dashboards/components/<uid>.png`."""
+    assert not missing_components(), missing_components()
     prom = components.prom
     out = preview_dir()
     preview = subprocess.Popen(  # renders while the queries below are evaluated
@@ -511,9 +594,7 @@ def test_every_query_on_real_components(components: Components, request: pytest.
             continue
         evaluated += 1
         with_data += has_data(result)
-        optional = needs_ecosystem(q.expr) | (contract.leaf_series(q.expr) & {*MAY_BE_EMPTY_IN_A_SHORT_RUN,
-                                                                             *KNOWN_GAPS})
-        if not optional and not has_data(result):
+        if not needs_ecosystem(q.expr) and not has_data(result):
             failures.append(f"{q.where}: no data from {contract.interpolate(q.expr, **VARIABLES)}")
     for dashboard, variable, query in contract.variable_queries():
         selector, label = contract.label_values_selector(query)
@@ -528,8 +609,7 @@ def test_every_query_on_real_components(components: Components, request: pytest.
             failures.append(f"rule {rule.get('record') or rule['alert']}: error {exc}")
             continue
         evaluated += 1
-        if "record" in rule and not needs_ecosystem(rule["expr"]) and not has_data(result) \
-                and not contract.leaf_series(rule["expr"]) & {*MAY_BE_EMPTY_IN_A_SHORT_RUN, *KNOWN_GAPS}:
+        if "record" in rule and not needs_ecosystem(rule["expr"]) and not has_data(result):
             failures.append(f"recording rule {rule['record']}: no data")
     broken = {r["name"]: r.get("lastError") for g in prom.api("rules")["groups"] for r in g["rules"]
               if r["health"] != "ok"}
@@ -562,8 +642,8 @@ def test_every_query_on_real_components(components: Components, request: pytest.
     assert not failures, "\n".join(failures)
 
 
-def test_component_readiness_check_names_what_is_missing() -> None:
-    """The skip reason of the real-components test says which component lacks what."""
-    for problem in missing_components():
-        component, detail = problem.split(" ", 1)
-        assert component in COMPONENT_SERIES and detail.startswith("(") and detail.endswith(")"), problem
+def test_component_readiness_check_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure of the component checks says which component lacks which series."""
+    folder, series = COMPONENT_SERIES["serving"]
+    monkeypatch.setitem(COMPONENT_SERIES, "serving", (folder, [*series, "ganops_serving_nobody_exports_total"]))
+    assert missing_components() == ["serving (does not export ganops_serving_nobody_exports_total)"]

@@ -145,14 +145,14 @@ def test_endpoint_from_env_precedence(s3_bucket: str, monkeypatch: pytest.Monkey
 def test_unreachable_endpoint_fails_after_bounded_retries(moto_s3: MotoS3Server, sleeps: list[float]) -> None:
     endpoint = f"http://127.0.0.1:{free_port()}"
     store = S3Store(endpoint, retry=FAST, max_attempts=1, connect_timeout=1)
-    started = time.monotonic()
     with pytest.raises(StorageError) as info:
         store.get_bytes("s3://bucket/ns/job/latest.json")
-    assert time.monotonic() - started < 5
     message = str(info.value)
     assert "s3://bucket/ns/job/latest.json" in message and "gave up after 3 attempts" in message
     assert "EndpointConnectionError" in message or "Could not connect" in message
-    assert len(sleeps) == 2
+    # bounded by events, not by the clock: 3 attempts (no hidden client retries: every sleep is recorded here),
+    # with the policy's backoff between them and nothing else
+    assert len(sleeps) == 2 and all(0 < s <= FAST.max_delay for s in sleeps), sleeps
 
 
 def test_retry_survives_server_restart(monkeypatch: pytest.MonkeyPatch, moto_s3: MotoS3Server) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
+import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -57,30 +56,58 @@ def test_unreadable_dataset_fails_before_training(tmp_path: Path) -> None:
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(tmp_path: Path) -> None:
-    job = grid_job(training={"steps": 1_000_000, "logEverySteps": 20}, checkpoint={"everySteps": 1_000_000})
+    job = grid_job(training={"steps": 1_000_000, "logEverySteps": 1}, checkpoint={"everySteps": 1_000_000})
     path = write_job(job, tmp_path / "j.yaml")
     env = {**os.environ, "GANOPS_CHECKPOINT_URI": f"file://{tmp_path}/ckpt", "GANOPS_NAMESPACE": "ns"}
     proc = subprocess.Popen(
         [str(BIN / "ganops"), "train", "--job", str(path), "--work-dir", str(tmp_path / "w"), "--no-progress"],
         env=env,
         stderr=subprocess.PIPE,
-        text=True,
     )
     assert proc.stderr is not None
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    fd = proc.stderr.fileno()
+    os.set_blocking(fd, False)
+    out = b""
+
+    def events(wait: float) -> list[dict[str, object]]:
+        """Read what the trainer wrote (waiting up to `wait` s for the first bytes); every complete JSON event."""
+        nonlocal out
+        while select.select([fd], [], [], wait)[0]:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                break
+            out += chunk
+            wait = 0
+        lines = out.split(b"\n")[:-1]  # a line still being written is not an event yet
+        return [json.loads(line[line.index(b'{"event"'):]) for line in lines if b'{"event"' in line]
+
+    def frozen() -> bool:
+        """Every thread of the trainer is stopped (SIGSTOP took effect): nothing more can be written."""
+        tasks = Path(f"/proc/{proc.pid}/task")
+        return all((t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "T" for t in tasks.iterdir())
+
     try:
         deadline = time.monotonic() + 60
-        while '"event": "progress"' not in lines.get(timeout=max(0.1, deadline - time.monotonic())):
-            pass
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        while not any(e["event"] == "progress" and e["step"] >= 20 for e in events(0.5)):  # type: ignore[operator]
+            assert time.monotonic() < deadline and proc.poll() is None, out.decode()[-3000:]
+        # Freeze the trainer, then read everything it wrote before it froze: its last logged step is where it is
+        # (one step per log line; at most the step in progress is not logged yet).
+        proc.send_signal(signal.SIGSTOP)
+        while not frozen():
+            assert time.monotonic() < deadline, "SIGSTOP did not take effect"
+        reached = max(int(e["step"]) for e in events(0) if e["event"] == "progress")  # type: ignore[call-overload]
+        proc.send_signal(signal.SIGTERM)  # pending while frozen: delivered the moment it runs again
+        proc.send_signal(signal.SIGCONT)
+        assert proc.wait(timeout=30) == 0  # inside the 30 s grace period a kubelet gives
     finally:
         if proc.poll() is None:  # never leave a trainer behind when the test fails
             proc.kill()
             proc.wait()
-    assert time.monotonic() - sent < 10, "must finish well inside a 30 s grace period"
+    after = events(0)
+    (stopped,) = [e for e in after if e["event"] == "stopped"]
+    # It stopped at the step it was in when the signal came: the step being computed, then the checkpoint.
+    assert reached <= int(stopped["step"]) <= reached + 1, (reached, stopped)  # type: ignore[call-overload]
+    assert max(int(e["step"]) for e in after if e["event"] == "progress") <= reached + 1  # type: ignore[call-overload]
     manager = CheckpointManager(f"file://{tmp_path}/ckpt/ns/grid")
     record = manager.latest_record()
     assert record is not None and record["step"] >= 20

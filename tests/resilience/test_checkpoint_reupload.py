@@ -12,8 +12,8 @@ import torch
 
 from ganops import storage
 from ganops.trainer.checkpoint import CheckpointError, CheckpointManager
+from tests.resilience.checkpoint_audit import audit_checkpoints
 from tests.resilience.faults import FaultPlan, FaultProxy
-from tests.resilience.trainer_proc import audit_checkpoints
 from tests.support.moto_server import MotoS3Server
 
 

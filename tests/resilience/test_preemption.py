@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 
 from ganops.api.crd import build_crd
-from ganops.trainer.checkpoint import CheckpointManager
+from tests.resilience.checkpoint_audit import audit_checkpoints, read_latest
 from tests.resilience.pods import run_job_pod
 from tests.resilience.report import sized
-from tests.resilience.trainer_proc import audit_checkpoints
 from tests.support.jobs import grid_job
 from tests.support.kube import KopfRunner, KopfRunnerFactory, KubeAPI
 from tests.support.kube.workloads import complete_job, job_pods, start_job_pods, terminate_pod
@@ -95,7 +94,7 @@ def test_preempted_pods_checkpoint_in_the_grace_period_and_resume_without_spendi
                 assert code == 0, f"exit {code} (killed after the grace period?)\n{trainer.tail()}"
                 (stop,) = trainer.named("stopped")
                 stopped_at.append(int(stop["step"]))
-                record = CheckpointManager(root).latest_record()
+                record = read_latest(root)
                 assert record is not None and record["step"] == stop["step"], "the SIGTERM checkpoint is latest"
                 terminate_pod(kube_api, NS, pod, exit_code=code, disruption="PreemptionByScheduler")
                 status = kube_api.wait_for(

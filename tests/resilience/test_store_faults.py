@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from mlflow import MlflowClient
 
-from ganops.trainer.checkpoint import CheckpointManager
+from tests.resilience.checkpoint_audit import audit_checkpoints, read_latest
 from tests.resilience.faults import FaultPlan, FaultProxy
 from tests.resilience.report import FULL, sized
-from tests.resilience.trainer_proc import TrainerProcess, audit_checkpoints
+from tests.resilience.trainer_proc import TrainerProcess
 from tests.support.jobs import grid_job, write_job
 from tests.support.moto_server import MotoS3Server
 
@@ -133,6 +133,6 @@ def weather(moto_s3: MotoS3Server, tmp_path: Path, figures: dict[str, Any], *, r
 
 
 def _run_id_of(root: str) -> str:
-    record = CheckpointManager(root).latest_record()
+    record = read_latest(root)
     assert record is not None and record.get("mlflowRunId"), record
     return str(record["mlflowRunId"])

@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.resilience.checkpoint_audit import audit_checkpoints
 from tests.resilience.report import sized
-from tests.resilience.trainer_proc import TrainerProcess, audit_checkpoints
+from tests.resilience.trainer_proc import TrainerProcess
 from tests.support.jobs import grid_job, write_job
 from tests.support.moto_server import MotoS3Server
 

@@ -1,5 +1,5 @@
-"""The real trainer (`ganops train`) as a process whose structured log lines a test can wait on, plus the
-checkpoint audit every fault test ends with."""
+"""The real trainer (`ganops train`) as a process whose structured log lines a test can wait on. The checkpoint
+audit every fault test ends with is `tests.resilience.checkpoint_audit` (independent of ganops' code)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from ganops.trainer.checkpoint import CheckpointError, CheckpointManager
 
 BIN = Path(sys.executable).parent
 Event = dict[str, Any]
@@ -100,39 +97,3 @@ class TrainerProcess:
 
     def tail(self, n: int = 40) -> str:
         return "".join(self.lines[-n:])
-
-
-@dataclass
-class Audit:
-    """What is in the store after a fault: checkpoints that verify, corrupt ones, partial uploads."""
-
-    latest_step: int | None
-    verified: list[int] = field(default_factory=list)
-    corrupt: list[str] = field(default_factory=list)
-    partial: list[int] = field(default_factory=list)  # a step folder without manifest: an upload cut short
-
-
-def audit_checkpoints(root: str) -> Audit:
-    """Every step folder with a manifest must verify (sha256 of each file, parseable); latest.json must name one
-    of those. A folder without a manifest is an interrupted upload (the manifest is written after the files),
-    never pointed at, and pruned later."""
-    manager = CheckpointManager(root)
-    record = manager.latest_record()
-    audit = Audit(latest_step=int(record["step"]) if record else None)
-    for step in manager.steps():
-        step_uri = f"{manager.root}/step-{step:09d}"
-        names = {uri.rsplit("/", 1)[-1] for uri in manager.store.list(step_uri)}
-        if "manifest.json" not in names:
-            audit.partial.append(step)
-            continue
-        try:
-            manager.load_step(step)
-            audit.verified.append(step)
-        except CheckpointError as exc:
-            audit.corrupt.append(f"step {step}: {exc}")
-    if record is not None:
-        if audit.latest_step not in audit.verified:
-            audit.corrupt.append(f"latest.json points at step {audit.latest_step}, which does not verify")
-        elif record.get("uri") != f"{manager.root}/step-{audit.latest_step:09d}":
-            audit.corrupt.append(f"latest.json names {record.get('uri')} for step {audit.latest_step}")
-    return audit

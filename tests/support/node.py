@@ -1,12 +1,23 @@
-"""A test-only Kubernetes "node" for the emulator: it plays the Job controller and the kubelet, and runs every pod
-as a local process started from that pod's own spec.
+"""A test-only Kubernetes "node": a kubelet that runs every pod bound to it as a local process started from that
+pod's own spec, and, on the emulator, the Job controller and the scheduler too.
 
-    node = Node(kube, Path(tmp) / "node", image_env={"PATH": venv_bin}).start()
-    ...                       # the operator creates an Indexed Job; the node creates its pods and runs them
+    node = Node(kube, Path(tmp) / "node", image_env={"PATH": venv_bin}).start()        # on the emulator
+    node = Node.kubelet(kube, Path(tmp) / "node", node_name="n0", image_env=...).start()  # on a real control plane
+    ...                       # the operator creates an Indexed Job; its pods run here
     node.stop()               # SIGTERM every container still running (SIGKILL after the grace period)
 
-**Job controller.** For every Job matching `job_selector` that is not suspended and not finished, one pod per
-completion index (template labels and annotations, `batch.kubernetes.io/*` labels, the completion-index
+The same kubelet serves both APIs (`kube` is any `tests.support.kube.client.KubeClient`). On the emulator
+(`job_controller=True`, the default) the node also creates the Jobs' pods and binds them to itself. On a real
+control plane (`Node.kubelet(...)`: `job_controller=False, register=True`) the real Job controller creates the pods,
+the real scheduler binds them, and the node does what a kubelet does besides running them: it registers its Node
+object (capacity, allocatable, labels, addresses, `Ready`), renews its Lease in `kube-node-lease` and refreshes its
+conditions every `heartbeat_seconds`, and finishes a graceful deletion (the pod's containers stopped → terminal
+status → `DELETE` with grace period 0, as the API server waits for the kubelet to confirm). Give it a kubelet's
+identity (`ControlPlane.client_for_node`) and the Node authorizer and NodeRestriction judge every request, so it
+reads only the Secrets and ConfigMaps of pods bound to it.
+
+**Job controller** (emulator only). For every Job matching `job_selector` that is not suspended and not finished,
+one pod per completion index (template labels and annotations, `batch.kubernetes.io/*` labels, the completion-index
 annotation, an owner reference to the Job, `spec.nodeName`). When a pod ends: `podFailurePolicy` rules
 (`onExitCodes`, `onPodConditions`; `FailJob`, `Ignore`, `Count`) and `backoffLimit` decide between a
 replacement pod and the Failed condition; all indexes succeeded → `SuccessCriteriaMet` + `Complete`. A Job
@@ -16,7 +27,7 @@ that fails or is suspended loses its running pods.
 
 - the environment is the image's (`image_env`, e.g. `PATH`), then `envFrom` (Secrets and ConfigMaps, `prefix`,
   `optional`), then `env` (`value` with `$(VAR)` expansion, `valueFrom` `fieldRef` / `secretKeyRef` /
-  `configMapKeyRef` / `resourceFieldRef`) - read from the emulator, nothing from the test process's environment;
+  `configMapKeyRef` / `resourceFieldRef`) - read from the API, nothing from the test process's environment;
   a missing non-optional Secret or key keeps the pod Pending with `CreateContainerConfigError`, like a kubelet;
 - volumes are materialised under `<root>/<namespace>/<pod>/volumes/<name>` (`configMap` and `secret` items as
   files, `emptyDir` as a folder); since the processes share one filesystem, every path under a `mountPath` is
@@ -63,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .kube.emulator import KubeAPI, KubeApiError
+from .kube.client import KubeApiError, KubeClient
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +113,15 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 
 class PodConfigError(Exception):
     """The pod cannot start yet (a missing Secret, ConfigMap or key): the kubelet's CreateContainerConfigError."""
+
+
+class _NotYet(Exception):
+    """The API refused a read the node will be allowed shortly (the Node authorizer has not seen the pod's binding
+    yet): try again on the next pass, report nothing."""
+
+
+NODE_CAPACITY = {"cpu": "32", "memory": "128Gi", "pods": "110", "ephemeral-storage": "200Gi", "nvidia.com/gpu": "8"}
+LEASE_NAMESPACE = "kube-node-lease"
 
 
 @dataclass
@@ -150,7 +170,7 @@ class Node:
 
     def __init__(
         self,
-        kube: KubeAPI,
+        kube: KubeClient,
         root: Path,
         *,
         image_env: Mapping[str, str] | None = None,
@@ -160,9 +180,22 @@ class Node:
         poll_seconds: float = 0.2,
         max_grace_seconds: float = 30.0,
         node_name: str = NODE_NAME,
+        job_controller: bool = True,
+        register: bool = False,
+        labels: Mapping[str, str] | None = None,
+        capacity: Mapping[str, str] | None = None,
+        heartbeat_seconds: float = 5.0,
         launcher: Launcher | None = None,
     ) -> None:
         self.kube = kube
+        self.job_controller = job_controller  # False: the cluster's Job controller and scheduler do that part
+        self.register = register  # True: the Node object, its Lease and its conditions, kept fresh
+        self.labels = {"kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux",
+                       "kubernetes.io/arch": "amd64", **(labels or {})}
+        self.capacity = dict(capacity or NODE_CAPACITY)
+        self.heartbeat_seconds = heartbeat_seconds
+        self._last_heartbeat = 0.0
+        self._finalized: set[str] = set()  # pod uids whose deletion the node confirmed
         self.root = root
         self.image_env = dict(image_env or {"PATH": os.defpath})
         self.pod_network_env = pod_network_env
@@ -183,9 +216,16 @@ class Node:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def kubelet(cls, kube: KubeClient, root: Path, *, node_name: str, **options: Any) -> Node:
+        """A node for a real control plane: registers itself, runs what the scheduler binds to it."""
+        return cls(kube, root, node_name=node_name, job_controller=False, register=True, **options)
+
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> Node:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.register:
+            self._register()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="e2e-node", daemon=True)
         self._thread.start()
@@ -249,10 +289,13 @@ class Node:
     def tick(self) -> None:
         """One pass of the Job controller and the kubelet."""
         namespaces: tuple[str | None, ...] = self.namespaces or (None,)
-        for namespace in namespaces:
-            for job in self.kube.list("batch/v1", "Job", namespace, label_selector=self.job_selector):
-                self._sync_job(job)
-        pods = [pod for namespace in namespaces for pod in self.kube.list("v1", "Pod", namespace)
+        if self.job_controller:
+            for namespace in namespaces:
+                for job in self.kube.list("batch/v1", "Job", namespace, label_selector=self.job_selector):
+                    self._sync_job(job)
+        # A real kubelet watches only the pods bound to it (and is allowed no more); the emulator filters too.
+        bound = None if self.job_controller else f"spec.nodeName={self.node_name}"
+        pods = [pod for namespace in namespaces for pod in self.kube.list("v1", "Pod", namespace, field_selector=bound)
                 if (pod.get("spec") or {}).get("nodeName") == self.node_name]
         live = {pod["metadata"]["uid"]: pod for pod in pods}
         for pod in pods:
@@ -260,6 +303,8 @@ class Node:
             phase = (pod.get("status") or {}).get("phase") or "Pending"
             if meta.get("deletionTimestamp"):
                 self._stop_container(meta["uid"], pod)
+                if not self.job_controller:
+                    self._finish_deletion(pod)
             elif meta["uid"] not in self.containers and phase == "Pending":
                 self._start_pod(pod)
         with self._lock:
@@ -269,6 +314,8 @@ class Node:
                 self._stop_container(uid, None)
             elif container.process.poll() is not None:
                 self._container_exited(uid, container)
+        if self.register and time.monotonic() - self._last_heartbeat >= self.heartbeat_seconds:
+            self._heartbeat()
 
     # ------------------------------------------------------------------------------------------------ Job controller
     def _sync_job(self, job: dict[str, Any]) -> None:
@@ -404,6 +451,8 @@ class Node:
         try:
             mounts = self._volumes(pod, container_spec, pod_root)
             env = self._environment(pod, container_spec, pod_ip)
+        except _NotYet:
+            return
         except PodConfigError as exc:
             if self.pod_errors.get(key) != str(exc):
                 self.pod_errors[key] = str(exc)
@@ -500,7 +549,8 @@ class Node:
             "FallbackToLogsOnError" else ""
         reason = "Completed" if exit_code == 0 else "Error"
         updated = self._terminated(pod, container.name, exit_code, reason, message, started=container.started)
-        self._job_after_pod(pod, exit_code, list((updated.get("status") or {}).get("conditions") or []))
+        if self.job_controller:
+            self._job_after_pod(pod, exit_code, list((updated.get("status") or {}).get("conditions") or []))
 
     def _terminated(self, pod: dict[str, Any], container: str, exit_code: int, reason: str, message: str, *,
                     started: float) -> dict[str, Any]:
@@ -540,6 +590,89 @@ class Node:
         elif time.monotonic() - container.stopping_since > container.grace_seconds:
             _signal(container.process, signal.SIGKILL)
 
+    def _finish_deletion(self, pod: dict[str, Any]) -> None:
+        """A kubelet's side of a graceful deletion: once the container has stopped (or never started), the pod's
+        final status, then `DELETE` with grace period 0 (the API server keeps the pod until then)."""
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        with self._lock:
+            if uid in self.containers or uid in self._finalized:
+                return  # still stopping, or done already
+            container = self.finished.get(uid)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase not in ("Succeeded", "Failed"):
+            if container is not None:
+                code = container.process.returncode
+                exit_code = 128 - code if code < 0 else code
+                message = container.log_tail() if exit_code != 0 and \
+                    container.termination_message_policy == "FallbackToLogsOnError" else ""
+                self._terminated(pod, container.name, exit_code, "Completed" if exit_code == 0 else "Error", message,
+                                 started=container.started)
+            else:  # never started (e.g. waiting for a Secret): a terminal phase, nothing ran
+                self.kube.patch_status("v1", "Pod", meta["namespace"], meta["name"], {"phase": "Failed"})
+        path = self.kube.resource("v1", "Pod").path(meta["namespace"], meta["name"])
+        try:
+            self.kube.request("DELETE", path, json_body={"apiVersion": "v1", "kind": "DeleteOptions",
+                                                         "gracePeriodSeconds": 0, "preconditions": {"uid": uid}})
+        except KubeApiError as exc:
+            if exc.status not in (404, 409):
+                raise
+        with self._lock:
+            self._finalized.add(uid)
+
+    # ------------------------------------------------------------------------------------------------ registration
+    def _register(self) -> None:
+        """Create (or refresh) this node's Node object, as a kubelet registers itself."""
+        body = {"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": self.node_name, "labels": dict(self.labels)}, "spec": {}}
+        try:
+            self.kube.create(body)
+        except KubeApiError as exc:
+            if exc.status != 409:
+                raise
+            self.kube.patch("v1", "Node", None, self.node_name, {"metadata": {"labels": dict(self.labels)}})
+        self._heartbeat(full=True)
+
+    def _heartbeat(self, *, full: bool = False) -> None:
+        """Renew the Lease (the node controller's liveness signal) and post the Ready condition."""
+        now = time.time()
+        micro = dt.datetime.fromtimestamp(now, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = self.kube.get_or_none("coordination.k8s.io/v1", "Lease", LEASE_NAMESPACE, self.node_name)
+        spec = {"holderIdentity": self.node_name, "leaseDurationSeconds": 40, "renewTime": micro}
+        if lease is None:
+            self.kube.create({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                              "metadata": {"name": self.node_name, "namespace": LEASE_NAMESPACE}, "spec": spec})
+        else:
+            self.kube.patch("coordination.k8s.io/v1", "Lease", LEASE_NAMESPACE, self.node_name, {"spec": spec})
+        stamp = _ts(now)
+        status: dict[str, Any] = {"conditions": [
+            {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory"},
+            {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure"},
+            {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID"},
+            {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "message": "the test node runs pods as local processes"},
+        ]}
+        previous = {c["type"]: c for c in ((self.kube.get("v1", "Node", None, self.node_name).get("status") or {})
+                                           .get("conditions") or [])}
+        for condition in status["conditions"]:
+            kept = previous.get(condition["type"])
+            same = kept is not None and kept.get("status") == condition["status"]
+            condition.update(lastHeartbeatTime=stamp,
+                             lastTransitionTime=kept["lastTransitionTime"] if same and kept else stamp)
+        if full:
+            status.update(
+                capacity=dict(self.capacity), allocatable=dict(self.capacity),
+                addresses=[{"type": "InternalIP", "address": "127.0.0.1"},
+                           {"type": "Hostname", "address": self.node_name}],
+                daemonEndpoints={"kubeletEndpoint": {"Port": 0}},
+                nodeInfo={"machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": os.uname().release,
+                          "osImage": "ganops test node", "containerRuntimeVersion": "process://local",
+                          "kubeletVersion": "v0.0.0-ganops-test-node", "kubeProxyVersion": "",
+                          "operatingSystem": "linux", "architecture": "amd64"},
+            )
+        self.kube.patch_status("v1", "Node", None, self.node_name, status)
+        self._last_heartbeat = time.monotonic()
+
     # ------------------------------------------------------------------------------------------------ inputs
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, str] | None:
         """A Secret's (decoded) or a ConfigMap's data; None when it does not exist."""
@@ -548,6 +681,8 @@ class Node:
         except KubeApiError as exc:
             if exc.status == 404:
                 return None
+            if exc.status == 403 and not self.job_controller:
+                raise _NotYet(str(exc)) from exc
             raise
         if kind == "Secret":
             return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}

@@ -21,15 +21,33 @@ _DROP = {"title", "additionalProperties", "$defs"}
 
 
 def _defaults_of(model: type[BaseModel]) -> dict[str, Any]:
-    """Wire-name → default for fields whose default is built by a factory (pydantic leaves those out)."""
+    """Wire-name → default for fields whose default is built by a factory (pydantic leaves those out).
+
+    A nested model's default is written out whole, not as `{}`: the API server validates a default as it stands,
+    CEL rules included, before any nested default applies, so `{}` fails a rule that reads a defaulted field
+    (`no such key: architecture`). At run time both give the same object."""
     out: dict[str, Any] = {}
     for name, field in model.model_fields.items():
         if field.default_factory is not None:
             value = field.default_factory()  # type: ignore[call-arg]
             if isinstance(value, BaseModel):
-                value = {}  # the API server fills the nested object from its own properties' defaults
+                value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
             out[field.alias or name] = value
     return out
+
+
+def _exclusive_bound(out: dict[str, Any], key: str, value: float) -> None:
+    """`gt`/`lt`: an exclusive bound. kube-openapi checks an integral value (JSON `0`) against the bound cast to an
+    integer, so `exclusiveMaximum` 0.5 refuses 0 ("should be less than 0"): a non-integral bound becomes an inclusive
+    one plus a CEL rule, which compares as doubles."""
+    bound = "minimum" if key == "exclusiveMinimum" else "maximum"
+    out[bound] = value
+    if float(value).is_integer():
+        out[key] = True
+        return
+    op, word = (">", "greater") if key == "exclusiveMinimum" else ("<", "less")
+    out.setdefault("x-kubernetes-validations", []).append(
+        {"rule": f"self {op} {value!r}", "message": f"must be {word} than {value!r}"})
 
 
 def _models_by_name() -> dict[str, type[BaseModel]]:
@@ -86,8 +104,7 @@ def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[BaseMode
             out["items"] = _structural(value[0], defs, models, None)
             out["minItems"] = out["maxItems"] = len(value)
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
-            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
-            out[key] = True
+            _exclusive_bound(out, key, value)
         elif key == "const":
             out["enum"] = [value]
         elif key == "default" and value is None:
@@ -103,7 +120,7 @@ def _structural(node: Any, defs: dict[str, Any], models: dict[str, type[BaseMode
             out.setdefault("properties", {}).setdefault(prop, {}).setdefault("default", default)
         rules = RULES_BY_MODEL.get(owner, [])
         if rules:
-            out["x-kubernetes-validations"] = [
+            out["x-kubernetes-validations"] = out.get("x-kubernetes-validations", []) + [
                 {"rule": r.cel, "message": r.full_message, "fieldPath": _field_path(r.field)} for r in rules
             ]
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" not in out:

@@ -2,7 +2,7 @@
 
 Each rule carries a CEL expression (emitted into the CRD as `x-kubernetes-validations`, so the API server rejects
 the job at admission) and the same predicate in Python (run by the pydantic models, so `ganops validate`, the
-trainer and the operator reject it too). `tests/unit/test_crd.py` evaluates both on the same inputs and fails
+trainer and the operator reject it too). `tests/unit/api/test_crd.py` evaluates both on the same inputs and fails
 when they disagree.
 """
 

@@ -93,8 +93,9 @@ class BudgetVerdict:
             limits.append(f"${cost.usd:.2f} of ${spec.budget.max_cost_usd:.2f}")
         if spec.budget.max_gpu_hours is not None:
             limits.append(f"{cost.gpu_hours:.3f} of {spec.budget.max_gpu_hours:g} GPU-hours")
-        share = f"{100 * self.fraction:.0f}%" if self.fraction is not None else "no budget"
-        return f"{share} of the budget spent ({', '.join(limits)})"
+        if self.fraction is None or not limits:
+            return "no budget is set"
+        return f"{100 * self.fraction:.0f}% of the budget spent ({', '.join(limits)})"
 
 
 def verdict(spec: GanTrainingJobSpec, cost: CostFigures, warning_fraction: float = 0.8) -> BudgetVerdict:

@@ -33,12 +33,12 @@ from ganops import storage
 from ganops.api.loader import JobFileError, spec_from_object
 from ganops.api.spec import GanTrainingJobSpec, GanTrainingJobStatus
 from ganops.checkpoints import LatestRecord, RecordUnavailable, job_root, latest_uri, read_latest_record
-from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, PLURAL
+from ganops.contracts import ANNOTATION_PROMOTE, ANNOTATION_ROLLBACK_TO, API_VERSION, KIND, PLURAL
 from ganops.operator import children, conditions, metrics, progress, registry
 from ganops.operator import reconcile as decide
 from ganops.operator.conditions import FINISHED, Event
 from ganops.operator.kube import Kube, KubeError
-from ganops.operator.observe import JobView, PodView
+from ganops.operator.observe import JobView, PodView, format_time
 from ganops.operator.plan import (
     Action,
     ClearAnnotation,
@@ -211,6 +211,15 @@ class Controller:
         plan = decide.reconcile(job_input, observed, now, self.policy)
         outcome = Outcome(events=list(plan.events), requeue_after=plan.requeue_after)
         new_status = plan.status
+        posted = 0
+        if any(isinstance(action, DeleteJob) for action in plan.actions):
+            # Deleting a Job deletes its pods, the only evidence of why the attempt ended: record the decision
+            # (attempt, restarts, events) first, so an operator killed in between resumes from it, not repeats it.
+            self._post_events(snap, outcome.events, now)
+            posted = len(outcome.events)
+            if not self._write_status(snap, memory, current, new_status.to_wire()):
+                return Outcome(events=outcome.events, gone=True, phase=new_status.phase)
+            current = memory.status if memory.status is not None else current
         for action in plan.actions:
             if isinstance(action, EnsureChildren) and _just_launched(memory, action.attempt):
                 continue  # created moments ago; kopf's index has not caught up yet: do not POST again
@@ -226,9 +235,24 @@ class Controller:
             if isinstance(action, DeleteSelf):
                 outcome.gone = True
         outcome.phase = new_status.phase
+        # Events before the status that records their transition: an operator killed in between posts them again
+        # on its next reconcile (at least once), where the other order would lose them for good.
+        self._post_events(snap, outcome.events[posted:], now)
         if not outcome.gone:
             outcome.gone = not self._write_status(snap, memory, current, new_status.to_wire())
         return outcome
+
+    def _post_events(self, snap: Snapshot, events: list[Event], now: dt.datetime) -> None:
+        involved = {"apiVersion": API_VERSION, "kind": KIND, "name": snap.name, "namespace": snap.namespace,
+                    "uid": snap.uid}
+        for event in events:
+            level = logging.WARNING if event.type == "Warning" else logging.INFO
+            if level < self.config.posting_level:
+                continue
+            try:
+                self.kube.post_event(involved, event.type, event.reason, event.message, time=format_time(now))
+            except (KubeError, OSError) as exc:  # an Event is worth a retry of its own, never a lost status
+                log.warning("%s/%s: event %s not posted: %s", snap.namespace, snap.name, event.reason, exc)
 
     def _write_status(self, snap: Snapshot, memory: JobMemory, old: Mapping[str, Any],
                       new: dict[str, Any]) -> bool:
@@ -441,7 +465,6 @@ class Runtime:
     # -------------------------------------------------------------------------------------------- loop
     async def run_job(self, *, body: Any, stopped: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
                       jobs_index: Any, pods_index: Any) -> None:
-        import kopf
 
         meta = body.get("metadata", {})
         key: Key = (str(meta.get("namespace")), str(meta.get("name")))
@@ -476,8 +499,7 @@ class Runtime:
                     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
                     self.reconciles += 1
                 memory.failures = 0
-                for event in outcome.events:
-                    kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+                for event in outcome.events:  # posted as Kubernetes Events by the reconcile, before its status
                     (logger.warning if event.type == "Warning" else logger.info)(f"{event.reason}: {event.message}")
                 self.phases.set(key, outcome.phase)
                 if outcome.gone:

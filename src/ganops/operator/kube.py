@@ -16,6 +16,7 @@ _PLURALS: dict[tuple[str, str], str] = {
     ("v1", "ConfigMap"): "configmaps",
     ("v1", "Service"): "services",
     ("v1", "Pod"): "pods",
+    ("v1", "Event"): "events",
     ("batch/v1", "Job"): "jobs",
     (API_VERSION, KIND): PLURAL,
 }
@@ -127,6 +128,24 @@ class Kube:
         plural = plural_of(obj["apiVersion"], obj["kind"])
         result: dict[str, Any] = self.request("POST", path(obj["apiVersion"], plural, namespace), body=obj)
         return result
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str, *, time: str,
+                   component: str = "ganops-operator") -> None:
+        """A core v1 Event about ``involved`` (apiVersion, kind, name, namespace, uid), posted now (not queued)."""
+        self.create({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": involved["namespace"]},
+            "involvedObject": involved,
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": time,
+            "lastTimestamp": time,
+            "count": 1,
+        }, involved["namespace"])
 
     def patch(self, api_version: str, plural: str, namespace: str, name: str, patch: dict[str, Any], *,
               subresource: str | None = None) -> dict[str, Any]:

@@ -22,7 +22,7 @@ settings from it.
 | GANOPS_OPERATOR_METRICS_PORT | 8080 | the operator's Prometheus /metrics port; 0 disables it |
 | GANOPS_OPERATOR_REPLICAS | 1 | >1 turns kopf peering on (one active operator, the others on standby) |
 | GANOPS_OPERATOR_PEERING | ganops-operator | name of the KopfPeering object |
-| GANOPS_OPERATOR_POSTING_LEVEL | INFO | lowest level of kopf.event() calls posted as Kubernetes Events |
+| GANOPS_OPERATOR_POSTING_LEVEL | INFO | lowest level of Events posted (Normal is INFO, Warning is WARNING) |
 | GANOPS_OPERATOR_WORKERS | 8 | threads that run reconciles (API and object-store I/O) |
 
 Which namespaces are watched is kopf's own choice, also set by environment: `KOPF_RUN_CLUSTERWIDE=true` (what

@@ -31,8 +31,6 @@ def client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-
-
 def _quote(value: str) -> str:
     """A value for an MLflow search filter's single-quoted string."""
     return value.replace("\\", "\\\\").replace("'", "\\'")

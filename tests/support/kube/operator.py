@@ -36,6 +36,7 @@ from typing import Any, Protocol, Self
 import httpx
 import kopf
 
+from .client import KubeClient
 from .emulator import KubeAPI
 
 MEMO_URL_KEY = "kube_emulator_url"
@@ -246,13 +247,13 @@ class KopfProcess:
     Slower to start than `KopfRunner` (~1-2 s: a fresh interpreter imports kopf and the handlers), but a kill
     really stops everything at once, sync handlers included (kopf's graceful stop waits for sync handlers to
     return). The subprocess logs in through the `kubernetes` package and KUBECONFIG, which points at the
-    emulator; readiness is kopf's liveness endpoint answering. `env` adds environment variables (e.g. to
-    make a handler pause at a chosen point) for one start.
+    emulator (or at a real API server, given its client); readiness is kopf's liveness endpoint answering.
+    `env` adds environment variables (e.g. to make a handler pause at a chosen point) for one start.
     """
 
     def __init__(
         self,
-        kube: KubeAPI,
+        kube: KubeClient,
         modules: Sequence[str],
         *,
         namespaces: Sequence[str] = (),
