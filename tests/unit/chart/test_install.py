@@ -4,8 +4,10 @@ MLflow URI of the defaults and of docs/install.md."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import pytest
 import yaml
 from scripts import chart
 
+from tests.support.controlplane.cluster import ControlPlaneUnavailable, find_binaries
 from tests.unit.chart.chart_support import CHART, objects, one, render
 
 INSTALL = chart.ROOT / "docs" / "install.md"
@@ -139,6 +142,48 @@ def test_a_packaged_or_copied_chart_renders_the_same_objects(tmp_path: Path) -> 
     shutil.copytree(CHART, copied, symlinks=True)  # what `cp -a` or a GitOps checkout of the folder does
     assert _rendered_objects(unpacked / "ganops") == expected
     assert _rendered_objects(copied) == expected
+
+
+def _helm() -> str:
+    """The real helm CLI that `make controlplane` builds (tools/controlplane: helm v4 from its Go module)."""
+    try:
+        return find_binaries()["helm"]
+    except ControlPlaneUnavailable as exc:
+        if os.environ.get("GANOPS_CONTROLPLANE") == "required":
+            pytest.fail(f"GANOPS_CONTROLPLANE=required, but helm is not built: {exc}")
+        pytest.skip(f"the helm CLI is not built: {exc}")
+
+
+def _helm_template(helm: str, chart_path: Path) -> list[Any]:
+    result = subprocess.run([helm, "template", "ganops", str(chart_path), "--namespace", "ganops-system",
+                             "--set", "monitoring.forceEnable=true"],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return sorted((doc for doc in yaml.safe_load_all(result.stdout) if doc),
+                  key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+
+def test_helm_package_unpacked_elsewhere_renders_the_same_objects(tmp_path: Path) -> None:
+    """The issue's words with the helm CLI itself: `helm package charts/ganops`, the archive unpacked in another
+    directory, and a plain copy of the chart folder: `helm template` of each gives the objects of the chart in the
+    repository (the dashboards' ConfigMaps included). helm package follows links, a copy keeps them dangling."""
+    helm = _helm()
+    packaged = subprocess.run([helm, "package", str(CHART), "--destination", str(tmp_path / "dist")],
+                              capture_output=True, text=True, check=False, timeout=120)
+    assert packaged.returncode == 0, packaged.stderr
+    (archive,) = (tmp_path / "dist").glob("ganops-*.tgz")
+    elsewhere = tmp_path / "elsewhere"
+    with tarfile.open(archive) as tar:
+        tar.extractall(elsewhere, filter="data")
+    copied = tmp_path / "copied" / "ganops"
+    shutil.copytree(CHART, copied, symlinks=True)  # `cp -a` or a GitOps checkout of the folder alone
+    in_repo = _helm_template(helm, CHART)
+    assert _helm_template(helm, elsewhere / "ganops") == in_repo
+    assert _helm_template(helm, copied) == in_repo
+    dashboards = [o for o in in_repo if o["kind"] == "ConfigMap"
+                  and o["metadata"]["labels"].get("app.kubernetes.io/component") == "dashboards"]
+    assert len(dashboards) == len(list((chart.ROOT / "dashboards" / "grafana").glob("*.json"))) > 0
+    assert all(any(value.strip() for value in (o.get("data") or {}).values()) for o in dashboards)
 
 
 # ------------------------------------------------------------------------------------------------ MLflow URI
