@@ -99,7 +99,7 @@ lock:
 # MLflow, serving answering with watermarked images), then reports/images.md and reports/images.json.
 IMAGES_TEST_DEPS ?= install
 images-test: $(IMAGES_TEST_DEPS)
-	status=0; $(IMAGES_ENV) GANOPS_IMAGE_TESTS=1 $(PY) -m pytest -q --basetemp=.ganops/images/pytest tests/images $(PYTEST_ARGS) \
+	status=0; $(IMAGES_ENV) GANOPS_IMAGES="$(IMAGES)" GANOPS_IMAGE_TESTS=1 $(PY) -m pytest -q --basetemp=.ganops/images/pytest tests/images $(PYTEST_ARGS) \
 	  || status=$$?; $(PY) -m scripts.images.report; exit $$status
 
 # Removes the three images, build containers and the layer cache (the cached base image stays).

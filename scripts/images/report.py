@@ -221,6 +221,8 @@ def markdown(report: dict[str, Any]) -> str:
         torch = img["torch"].get("version") or "none"
         lines.append(f"| {name} | {img['size']} | {img['layers']} | {build} | {img['python']} | {torch} | "
                      f"{img['python_packages']} | {len(img['flagged'])} | {verdict} |")
+    for name in report.get("not_built") or []:
+        lines.append(f"| {name} | not built in this run | | | | | | | not run |")
     if report.get("base_seconds") is not None:
         lines += ["", f"The local base image took {report['base_seconds']:.0f} s this time (0 when cached)."]
     lines += ["", "## Smoke runs", "",
@@ -277,17 +279,20 @@ def main(argv: list[str] | None = None) -> int:
     smoke = json.loads((STATE / "smoke.json").read_text()) if (STATE / "smoke.json").exists() else {}
     engine = detect(build.get("engine") or "buildah")
     images: dict[str, Any] = {}
+    missing = []
     for image in IMAGES:
         record = (build.get("images") or {}).get(image) or {}
         tag = (record.get("tags") or [None])[-1]
         if not tag or not engine.exists(tag):
-            print(f"images: {image} is not built; left out of the report", file=sys.stderr)
+            print(f"images: {image} is not built; the report says so", file=sys.stderr)
+            missing.append(image)
             continue
         images[image] = summarise(image, inspect_inside(engine, tag), engine.config(tag), record, smoke)
     report = {"generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "engine": build.get("engine"),
               "storage_driver": build.get("storage_driver"), "base_image": build.get("base_image"),
               "base_seconds": build.get("base_seconds"), "torch_source": build.get("torch_source"),
               "revision": build.get("revision"), "smoke_finished": smoke.get("finished"), "images": images,
+              "not_built": missing,
               "torch_note": TORCH_NOTE, "disk": disk()}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -1,10 +1,13 @@
 """The three built images, inspected and run the way the chart and the operator run them (`make images-test`).
 
 Runs where buildah is installed (skipped, with the reason, while the images are not built yet) or when
-``GANOPS_IMAGE_TESTS=1`` (then a missing image is a failure). There is no container engine: each container is the
-image's root file system run by ``scripts/images/runtime.py`` under the pod's securityContext (read-only root,
-runAsUser/runAsGroup/fsGroup, every capability dropped, no_new_privs, shells masked) with the pod's volumes
-bind-mounted where the pod mounts them.
+``GANOPS_IMAGE_TESTS=1`` (then a missing image is a failure). ``GANOPS_IMAGES`` (``make images-test IMAGES=…``)
+names the images this run built and tests; the steps of the others skip and say so. CI builds only the operator
+image (docs/development.md has the minutes): steps 1-3 for it, and its Job for a trainer image it does not run.
+
+There is no container engine: each container is the image's root file system run by ``scripts/images/runtime.py``
+under the pod's securityContext (read-only root, runAsUser/runAsGroup/fsGroup, every capability dropped,
+no_new_privs, shells masked) with the pod's volumes bind-mounted where the pod mounts them.
 
 In order (one platform for the module; results go to ``.ganops/images/smoke.json`` for ``reports/images.md``):
 
@@ -70,6 +73,24 @@ API_KEY = "smoke-key-0123456789abcdef"
 RESULTS = Path(os.environ.get("GANOPS_IMAGES_SMOKE", str(STATE / "smoke.json")))
 NODE_ENV = "GANOPS_SMOKE_NODE"  # the node's own marker variable; the image's environment replaces it
 READY_TIMEOUT = float(os.environ.get("GANOPS_IMAGES_READY_TIMEOUT", "300"))
+
+
+def _selected() -> tuple[str, ...]:
+    words = tuple(os.environ.get("GANOPS_IMAGES", " ".join(IMAGES)).split())
+    unknown = sorted(set(words) - set(IMAGES))
+    if unknown or not words:
+        raise pytest.UsageError(f"GANOPS_IMAGES={' '.join(words)!r}: name some of {', '.join(IMAGES)} "
+                                "(make images-test IMAGES='operator serving')")
+    return words
+
+
+SELECTED = _selected()
+
+
+def needs(image: str) -> None:
+    """Skip, saying why, a step whose image this run does not test."""
+    if image not in SELECTED:
+        pytest.skip(f"the {image} image is not in this run (GANOPS_IMAGES={' '.join(SELECTED)})")
 
 # What a process learns about itself inside the container (the security probe).
 PROBE = r"""
@@ -174,10 +195,10 @@ def _from_docker(engine: Engine, ref: str, tmp: Path) -> None:
 @pytest.fixture(scope="module")
 def images(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     refs = built_images()
-    for ref in refs.values():
-        if not engine.exists(ref):
-            _from_docker(engine, ref, tmp_path_factory.mktemp("docker"))
-    missing = [ref for ref in refs.values() if not engine.exists(ref)]
+    for image in SELECTED:
+        if not engine.exists(refs[image]):
+            _from_docker(engine, refs[image], tmp_path_factory.mktemp("docker"))
+    missing = [refs[image] for image in SELECTED if not engine.exists(refs[image])]
     if missing:
         message = f"images not built: {', '.join(missing)} (run `make images`)"
         if os.environ.get("GANOPS_IMAGE_TESTS") == "1":
@@ -298,6 +319,7 @@ def _chart_ports(objects: list[dict[str, Any]], component: str) -> set[int]:
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_image_config(image: str, engine: Engine, images: dict[str, str], results: Results) -> None:
+    needs(image)
     with results.step(f"{image}: config") as details:
         info = engine.config(images[image])
         config = image_config(engine, images[image])
@@ -344,6 +366,7 @@ def _job_object() -> dict[str, Any]:
 @pytest.mark.parametrize("image", IMAGES)
 def test_image_runs_under_the_charts_security_context(image: str, engine: Engine, images: dict[str, str],
                                                       results: Results, tmp_path: Path) -> None:
+    needs(image)
     with results.step(f"{image}: security") as details:
         if image == "trainer":
             pod_spec = _trainer_pod_spec(images[image])
@@ -390,6 +413,7 @@ def test_image_runs_under_the_charts_security_context(image: str, engine: Engine
 
 
 def test_operator_image_reconciles_a_job(platform: Platform, results: Results) -> None:
+    needs("operator")
     p = platform
     with results.step("operator: reconcile") as details:
         # What an admin creates before installing (docs/install.md): the operator's S3 read access and, in the
@@ -440,6 +464,7 @@ def test_operator_image_reconciles_a_job(platform: Platform, results: Results) -
 
 
 def test_trainer_image_trains_and_the_operator_promotes(platform: Platform, results: Results) -> None:
+    needs("trainer")
     p = platform
     if not p.state.get("job_created"):
         pytest.skip("needs the operator's Job (the operator step failed)")
@@ -494,6 +519,7 @@ def test_trainer_image_trains_and_the_operator_promotes(platform: Platform, resu
 
 
 def test_serving_image_serves_the_checkpoint(platform: Platform, results: Results) -> None:
+    needs("serving")
     p = platform
     if not p.state.get("promoted"):
         pytest.skip("needs a promoted model (the trainer or promotion step failed)")
