@@ -102,3 +102,68 @@ def test_mount_targets_resolve_links_inside_the_image(tmp_path: Path) -> None:
     assert inside(root, "/var/run/ganops") == root / "run" / "ganops"
     assert inside(root, "/etc/escape/x") == root / "outside" / "x"
     assert inside(root, "/../../tmp") == root / "tmp"
+
+
+# The third-party modules the operator's code imports by name: the operator's own modules (eager and function-level
+# imports: promotion imports ganops.promotion only when a job promotes), then the module-level imports of every ganops
+# module that loaded (TYPE_CHECKING blocks aside), each with the distributions that provide it here.
+_OPERATOR_IMPORTS = r"""
+import ast, importlib, importlib.metadata as md, json, pathlib, sys
+import ganops.operator
+
+def imported(tree, functions):
+    out = set()
+    def visit(node):
+        if not functions and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+    visit(tree)
+    return out
+
+names = {"ganops.operator.main"}
+for path in pathlib.Path(ganops.operator.__file__).parent.glob("*.py"):
+    names |= imported(ast.parse(path.read_text()), True)
+for name in sorted(names):
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        pass  # `from x import a_function` names no module
+third = {n.split(".")[0] for n in names}
+for name, module in list(sys.modules.items()):
+    if name.startswith("ganops") and getattr(module, "__file__", None):
+        third |= {n.split(".")[0] for n in imported(ast.parse(pathlib.Path(module.__file__).read_text()), False)}
+third = {t for t in third if t not in sys.stdlib_module_names and t != "ganops" and t != "__future__"}
+providers = md.packages_distributions()
+print(json.dumps({top: providers.get(top, []) for top in sorted(third)}))
+"""
+
+
+def test_the_operator_lock_has_what_the_operator_imports() -> None:
+    """Every distribution the operator's code imports (eagerly or when it promotes) is in images/locks/operator.lock:
+    the operator image has nothing else. Without numpy and Pillow, its first promotion failed in the image."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from scripts.images import LOCKS
+
+    result = subprocess.run([sys.executable, "-c", _OPERATOR_IMPORTS], capture_output=True, text=True, check=False,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    modules = json.loads(result.stdout.strip().splitlines()[-1])
+    locked = {m.group(1).lower() for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", (LOCKS / "operator.lock").read_text(),
+                                                      re.M)}
+    assert {"kopf", "kubernetes", "numpy", "PIL"} <= set(modules)  # mlflow: imported inside ganops.tracking calls
+    missing = {top: providers for top, providers in modules.items()
+               if not {re.sub(r"[-_.]+", "-", p).lower() for p in providers} & locked}
+    assert missing == {}
