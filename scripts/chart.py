@@ -10,9 +10,9 @@
 * ``charts/ganops/crds/ganops.io_gantrainingjobs.yaml`` is a byte copy of ``manifests/crd/…`` (``ganops crd``).
 * ``manifests/operator``, ``manifests/serving``, ``manifests/monitoring`` are the chart rendered with
   :data:`MANIFEST_VALUES` into namespace ``ganops-system``, one file per concern, plus a ``kustomization.yaml``.
-
-The dashboards and rules are not copied: ``charts/ganops/files/`` holds symbolic links into ``dashboards/``, which
-Helm's loader follows (it logs one INFO line per link).
+* ``charts/ganops/files/``: byte copies of the Grafana dashboards and the Prometheus rules of ``dashboards/``, so
+  that the chart directory is self-contained: ``helm package``, a copied chart directory and GitOps tools that
+  fetch only ``charts/ganops`` all carry them (symbolic links into ``dashboards/`` did not survive a copy).
 """
 
 from __future__ import annotations
@@ -59,6 +59,15 @@ MANIFEST_FILES: dict[str, str] = {
 }
 # Files under manifests/ that `make manifests` owns (examples/ and crd/ are not the chart's).
 GENERATED_DIRS = ("operator", "serving", "monitoring")
+# The chart's copies of what dashboards/ owns (the chart reads them with .Files).
+DASHBOARDS = ROOT / "dashboards"
+CHART_FILES = CHART / "files"
+
+
+def chart_file_sources() -> dict[Path, Path]:
+    """charts/ganops/files/<path> → dashboards/<path>: the dashboards' JSON models and the rules file."""
+    sources = [*sorted((DASHBOARDS / "grafana").glob("*.json")), DASHBOARDS / "prometheus" / "rules.yaml"]
+    return {CHART_FILES / source.relative_to(DASHBOARDS): source for source in sources}
 
 _DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
@@ -523,34 +532,55 @@ def manifest_texts() -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ write / check
 def expected_files() -> dict[Path, str]:
     files = {SCHEMA_FILE: schema_text(), README_FILE: readme_text(), CRD_COPY: CRD_SOURCE.read_text()}
+    files.update({target: source.read_text() for target, source in chart_file_sources().items()})
     files.update({MANIFESTS / name: text for name, text in manifest_texts().items()})
     return files
 
 
+def _linked(path: Path, stop: Path) -> bool:
+    """Whether `path` or a folder between it and `stop` is a symbolic link (a copy must be a file of its own)."""
+    return any(p.is_symlink() for p in [path, *path.parents] if p == stop or stop in p.parents)
+
+
+def _leftovers(expected: dict[Path, str]) -> list[Path]:
+    """Files in generated folders that generation would not write (a removed dashboard, a stray manifest)."""
+    paths = [p for directory in GENERATED_DIRS for p in sorted((MANIFESTS / directory).glob("*"))]
+    if CHART_FILES.is_dir() and not CHART_FILES.is_symlink():
+        paths += [p for p in sorted(CHART_FILES.rglob("*")) if p.is_file() or p.is_symlink()]
+    return [p for p in paths if p not in expected]
+
+
 def stale_files() -> list[Path]:
-    """Generated files missing or different from what generation would write, and leftovers in generated dirs."""
+    """Generated files missing or different from what generation would write (or links where a copy belongs), and
+    leftovers in generated folders."""
     expected = expected_files()
-    stale = [path for path, text in expected.items() if not path.is_file() or path.read_text() != text]
-    for directory in GENERATED_DIRS:
-        for path in sorted((MANIFESTS / directory).glob("*")):
-            if path not in expected:
-                stale.append(path)
-    return stale
+    stale = [path for path, text in expected.items()
+             if _linked(path, CHART_FILES) or not path.is_file() or path.read_text() != text]
+    return stale + _leftovers(expected)
 
 
 def write() -> list[Path]:
+    """Write what is stale. The manifests are rendered from the chart, its copied files/ included, so a pass that
+    changed something is followed by one more (rendered from the chart as it now stands)."""
+    written = _write_once()
+    if written:
+        written += [path for path in _write_once() if path not in written]
+    return written
+
+
+def _write_once() -> list[Path]:
     written = []
     expected = expected_files()
     for path, text in expected.items():
+        for link in [p for p in [*reversed(path.parents), path] if CHART_FILES in [p, *p.parents] and p.is_symlink()]:
+            link.unlink()  # never write through a link into dashboards/
         if not path.is_file() or path.read_text() != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
             written.append(path)
-    for directory in GENERATED_DIRS:
-        for path in sorted((MANIFESTS / directory).glob("*")):
-            if path not in expected:
-                path.unlink()
-                written.append(path)
+    for path in _leftovers(expected):
+        path.unlink()
+        written.append(path)
     return written
 
 

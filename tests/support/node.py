@@ -42,6 +42,11 @@ that fails or is suspended loses its running pods.
 - a pod that is deleted (directly, or with its Job by garbage collection) gets SIGTERM, then SIGKILL after
   `terminationGracePeriodSeconds` (at most `max_grace_seconds`).
 
+**Runtime.** By default a container is a local process of the host's environment (the paths under its mounts
+rewritten, see above). `launcher` replaces that: it gets the pod, the container, the expanded argv, the resolved
+environment and the materialised volumes (mountPath → host folder, nothing rewritten) and returns the started
+process, e.g. `scripts.images.runtime` running the container's image under the pod's securityContext.
+
 **Network.** Each pod gets its own loopback address as its `podIP` (127.0.0.2, 127.0.0.3, ...). Processes share
 the host's network namespace, though, so two pods listening on the same port would collide; `pod_network_env`
 (pod IP → variables) is where a test pins a workload's listeners to its pod IP (the stand-in for a network
@@ -67,7 +72,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .kube.client import KubeApiError, KubeClient
 
@@ -80,6 +85,13 @@ NODE_NAME = "e2e-node"
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _VAR_REF = re.compile(r"\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)|\$\$")
 _FIELD_KEY = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+
+
+class Launcher(Protocol):
+    """Starts one container: (pod, container, argv, env, mountPath → host folder, log file) → its process."""
+
+    def __call__(self, pod: dict[str, Any], container: dict[str, Any], argv: list[str], env: dict[str, str],
+                 mounts: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]: ...
 
 
 def _ts(when: float | None = None) -> str:
@@ -173,6 +185,7 @@ class Node:
         labels: Mapping[str, str] | None = None,
         capacity: Mapping[str, str] | None = None,
         heartbeat_seconds: float = 5.0,
+        launcher: Launcher | None = None,
     ) -> None:
         self.kube = kube
         self.job_controller = job_controller  # False: the cluster's Job controller and scheduler do that part
@@ -191,6 +204,7 @@ class Node:
         self.poll_seconds = poll_seconds
         self.max_grace_seconds = max_grace_seconds
         self.node_name = node_name
+        self.launcher = launcher
         self.containers: dict[str, Container] = {}  # pod uid → its running container
         self.finished: dict[str, Container] = {}  # pod uid → its container after it exited
         self.pod_errors: dict[str, str] = {}  # "ns/pod" → why it has not started (CreateContainerConfigError)
@@ -448,6 +462,9 @@ class Node:
                     "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}}]})
             return
         self.pod_errors.pop(key, None)
+        if self.launcher is not None:
+            self._launch(pod, container_spec, env, mounts, pod_root, pod_ip)
+            return
         # The image's own variables (PATH to the venv, …) are host paths already: a venv under /tmp must not be
         # taken for the pod's /tmp mount. Only what the pod spec set is rewritten.
         env = {key_: value if self.image_env.get(key_) == value else _rewrite(value, mounts)
@@ -477,15 +494,41 @@ class Node:
         with self._lock:
             self.containers[meta["uid"]] = container
         self.started_pods.append(key)
+        self._running(pod, container_spec, container)
+
+    def _launch(self, pod: dict[str, Any], container_spec: dict[str, Any], env: dict[str, str],
+                mounts: dict[str, str], pod_root: Path, pod_ip: str) -> None:
+        """Start the container through `launcher` (its own root file system: no path is rewritten)."""
+        assert self.launcher is not None
+        meta, spec = pod["metadata"], pod["spec"]
+        argv = [expand(arg, env) for arg in [*(container_spec.get("command") or []), *(container_spec.get("args")
+                                                                                       or [])]]
+        log_path = pod_root / "log"
+        try:
+            process = self.launcher(pod, container_spec, argv, env, mounts, log_path)
+        except (OSError, RuntimeError) as exc:  # the runtime could not start the container
+            self._terminated(pod, container_spec["name"], 128, "StartError", f"{type(exc).__name__}: {exc}",
+                             started=time.time())
+            return
+        grace = min(float(spec.get("terminationGracePeriodSeconds", 30)), self.max_grace_seconds)
+        container = Container(meta["namespace"], meta["name"], meta["uid"], pod_ip, pod_root, process, time.time(),
+                              grace, container_spec.get("terminationMessagePolicy", "File"), container_spec["name"],
+                              argv, env, log_path)
+        with self._lock:
+            self.containers[meta["uid"]] = container
+        self.started_pods.append(f"{meta['namespace']}/{meta['name']}")
+        self._running(pod, container_spec, container)
+
+    def _running(self, pod: dict[str, Any], container_spec: dict[str, Any], container: Container) -> None:
         now = _ts(container.started)
-        self.kube.patch_status("v1", "Pod", namespace, name, {
-            "phase": "Running", "podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": "127.0.0.1",
-            "hostIPs": [{"ip": "127.0.0.1"}], "startTime": now,
+        self.kube.patch_status("v1", "Pod", container.namespace, container.pod, {
+            "phase": "Running", "podIP": container.pod_ip, "podIPs": [{"ip": container.pod_ip}],
+            "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "startTime": now,
             "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
             "containerStatuses": [{"name": container_spec["name"], "ready": True, "started": True, "restartCount": 0,
                                    "image": container_spec.get("image", ""), "imageID": "",
-                                   "containerID": f"process://{process.pid}",
+                                   "containerID": f"process://{container.process.pid}",
                                    "state": {"running": {"startedAt": now}}}],
         })
 

@@ -93,6 +93,10 @@ def _tol(**fields: Any) -> dict[str, Any]:
     return _res(tolerations=[fields])
 
 
+_PVC_A = {"name": "a", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "a"}}
+_NFS_B = {"name": "b", "mountPath": "/mnt/b", "nfs": {"server": "nfs", "path": "/exports/b"}}
+
+
 def _name(name: str, replicas: int | None = None) -> dict[str, Any]:
     patch: dict[str, Any] = {"metadata": {"name": name}}
     return _merge(patch, _res(replicas=replicas)) if replicas is not None else patch
@@ -372,6 +376,32 @@ RULES: tuple[Rule, ...] = (
         message="needs gpusPerReplica > 0: set gpusPerReplica or remove gpuType",
         good=(_res(gpuType="a100", gpusPerReplica=1),),
         bad=(_res(gpuType="a100"),),
+    ),
+    Rule(
+        model="GanTrainingJobSpec",
+        node="spec",
+        field="volumes",
+        cel="self.volumes.all(v, has(v.persistentVolumeClaim) != has(v.nfs))",
+        check=lambda s: all((v.persistent_volume_claim is None) != (v.nfs is None) for v in s.volumes),
+        message="must each have exactly one source: persistentVolumeClaim or nfs",
+        good=(_spec(volumes=[_PVC_A, _NFS_B]),),
+        bad=(_spec(volumes=[{"name": "a", "mountPath": "/data/a"}]),
+             _spec(volumes=[{"name": "a", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "a"},
+                             "nfs": {"server": "nfs", "path": "/exports/a"}}])),
+    ),
+    Rule(
+        model="GanTrainingJobSpec",
+        node="spec",
+        field="volumes",
+        cel="self.volumes.all(v, self.volumes.exists_one(w, w.name == v.name) "
+        "&& self.volumes.exists_one(w, w.mountPath == v.mountPath))",
+        check=lambda s: len({v.name for v in s.volumes}) == len({v.mount_path for v in s.volumes}) == len(s.volumes),
+        message="must have distinct names and distinct mountPaths",
+        good=(_spec(volumes=[_PVC_A, _NFS_B]),),
+        bad=(_spec(volumes=[_PVC_A,
+                            {"name": "a", "mountPath": "/data/b", "persistentVolumeClaim": {"claimName": "b"}}]),
+             _spec(volumes=[_PVC_A,
+                            {"name": "b", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "b"}}])),
     ),
     Rule(
         model="CheckpointSpec",

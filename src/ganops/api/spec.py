@@ -113,6 +113,29 @@ class DatasetSpec(_Wire):
     augmentations: list[Literal["hflip", "translate"]] = Field(default_factory=list, max_length=4)
 
 
+class PersistentVolumeClaimSource(_Wire):
+    claim_name: str = Field(..., min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+class NfsSource(_Wire):
+    server: str = Field(..., min_length=1, max_length=253)
+    path: str = Field(..., min_length=1, max_length=1024, pattern=r"^/")
+
+
+class VolumeSpec(_Wire):
+    """A dataset volume of the trainer pods: a PersistentVolumeClaim or an NFS export, mounted (read-only by default)
+    under /data or /mnt, where a `file://` dataset URI can name it (`file:///data/faces`)."""
+
+    name: str = Field(..., min_length=1, max_length=58, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      description="Unique among the job's volumes; the pod's volume is `data-<name>`.")
+    mount_path: str = Field(..., max_length=1024, pattern=r"^/(data|mnt)(/[^/:]+)*$",
+                            description="Under /data or /mnt (the image's folders and the pod's /tmp and /cache "
+                                        "stay as they are).")
+    read_only: bool = True
+    persistent_volume_claim: PersistentVolumeClaimSource | None = None
+    nfs: NfsSource | None = None
+
+
 class TrainingSpec(_Wire):
     steps: int = Field(2000, ge=1, le=100_000_000)
     batch_size: int = Field(64, ge=1, le=65536)
@@ -231,6 +254,9 @@ class GanTrainingJobSpec(_Wire):
     loss: LossSpec = Field(default_factory=LossSpec)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     dataset: DatasetSpec
+    volumes: list[VolumeSpec] = Field(
+        default_factory=list, max_length=8, description="PVC or NFS volumes for file:// datasets (trainer pods)."
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     queue_name: str | None = Field(None, max_length=63)

@@ -49,7 +49,9 @@ JOB_FILE_DIR = "/etc/ganops"
 JOB_FILE_KEY = "job.yaml"
 JOB_FILE_PATH = f"{JOB_FILE_DIR}/{JOB_FILE_KEY}"
 CONTAINER = "trainer"
-RUN_AS_USER = 1000
+# The USER of the trainer image (trainer/Dockerfile) and the chart's podSecurityContext.runAsUser: the smoke run of
+# the built image (tests/images) runs the operator's pod spec under this context.
+RUN_AS_USER = 10001
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"
 MAX_HOSTNAME = 63
@@ -406,6 +408,16 @@ def _volumes(owner: Owner, spec: GanTrainingJobSpec) -> tuple[list[dict[str, Any
         {"name": "cache", "mountPath": "/cache"},
         {"name": "dshm", "mountPath": "/dev/shm"},
     ]
+    for volume in spec.volumes:  # dataset volumes (spec.volumes): a PVC or an NFS export, under /data or /mnt
+        name = f"data-{volume.name}"
+        if volume.persistent_volume_claim is not None:
+            source = {"persistentVolumeClaim": {"claimName": volume.persistent_volume_claim.claim_name,
+                                                "readOnly": volume.read_only}}
+        else:
+            assert volume.nfs is not None  # the spec's rules: exactly one source
+            source = {"nfs": {"server": volume.nfs.server, "path": volume.nfs.path, "readOnly": volume.read_only}}
+        volumes.append({"name": name, **source})
+        mounts.append({"name": name, "mountPath": volume.mount_path, "readOnly": volume.read_only})
     return volumes, mounts
 
 

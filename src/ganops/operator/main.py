@@ -26,8 +26,11 @@ def startup(*, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Logger,
     """The one place where the operator is configured: environment → OperatorConfig → kopf settings."""
     config = OperatorConfig.from_env()
     configure_kopf(settings, config)
+    # The API client first: kopf retries a failed startup, and a metrics server already listening would make every
+    # retry fail with "address already in use".
+    kube = Kube(load_api_client(config.workers))
     server = metrics.serve(config.metrics_port)
-    memo.ganops = Runtime(config, Kube(load_api_client(config.workers)), metrics_server=server)
+    memo.ganops = Runtime(config, kube, metrics_server=server)
     logger.info(f"ganops operator configured: resync every {config.resync_seconds:g}s, "
                 f"{'standalone' if config.replicas <= 1 else f'peering {config.peering_name!r}'}, "
                 f"metrics on :{config.metrics_port or 'off'}")

@@ -66,3 +66,29 @@ def test_plain_manifests_install_everything_kubectl_needs() -> None:
     kustomization = yaml.safe_load((chart.MANIFESTS / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (chart.MANIFESTS / resource).is_file(), resource
+
+
+def test_chart_file_copies_drift_is_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """charts/ganops/files/ are generated copies of dashboards/: an edited copy, a copy of a dashboard that no longer
+    exists and a link instead of a copy are each reported, and `make manifests` rewrites them without ever writing
+    through a link into dashboards/."""
+    files = tmp_path / "files"
+    shutil.copytree(chart.CHART_FILES, files)
+    monkeypatch.setattr(chart, "CHART_FILES", files)
+
+    def stale() -> set[str]:
+        return {p.name for p in chart.stale_files() if files in p.parents}
+
+    assert stale() == set()
+    rules = files / "prometheus" / "rules.yaml"
+    rules.write_text(rules.read_text() + "# edited\n")
+    (files / "grafana" / "retired.json").write_text("{}")
+    linked = files / "grafana" / "executive.json"
+    source = chart.DASHBOARDS / "grafana" / "executive.json"
+    before = source.read_bytes()
+    linked.unlink()
+    linked.symlink_to(source)
+    assert stale() == {"rules.yaml", "retired.json", "executive.json"}
+    chart.write()
+    assert stale() == set()
+    assert not linked.is_symlink() and linked.read_bytes() == source.read_bytes() == before

@@ -69,12 +69,13 @@ def test_rules_are_the_rules_file() -> None:
     assert dedented.rstrip("\n") == RULES.read_text().rstrip("\n")
 
 
-def test_chart_files_are_links_into_dashboards() -> None:
-    """No copies that could drift: Helm's loader follows these links (and logs an INFO line for each)."""
-    grafana = chart.CHART / "files" / "grafana"
-    rules = chart.CHART / "files" / "prometheus" / "rules.yaml"
-    assert grafana.is_symlink() and grafana.resolve() == GRAFANA
-    assert rules.is_symlink() and rules.resolve() == RULES
+def test_chart_files_are_copies_of_dashboards() -> None:
+    """Self-contained chart, no drift: the files are byte copies that `make manifests` writes (the drift test in
+    tests/unit/chart/test_manifests.py fails when one differs); no links, which a copied chart directory would lose."""
+    copies = {path.relative_to(chart.CHART_FILES): path for path in chart.chart_file_sources()}
+    assert set(copies) == {p.relative_to(ROOT / "dashboards") for p in [*GRAFANA.glob("*.json"), RULES]}
+    for rel, path in copies.items():
+        assert not path.is_symlink() and path.read_bytes() == (ROOT / "dashboards" / rel).read_bytes(), rel
 
 
 # ---------------------------------------------------------------------------------------------- scrape shapes

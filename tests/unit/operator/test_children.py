@@ -36,6 +36,11 @@ VARIANTS: dict[str, GanTrainingJobSpec] = {
                                                       "effect": "NoSchedule"}]},
                           queueName="team-a-queue"),
     "digits": spec_from_object(digits_job("gan-1", resources={"image": "registry.local/trainer:dev"})["spec"]),
+    "dataset-volumes": spec_from_object(digits_job("gan-1", dataset={"uri": "file:///data/faces/train.tar"}, volumes=[
+        {"name": "faces", "mountPath": "/data/faces", "persistentVolumeClaim": {"claimName": "faces-pvc"}},
+        {"name": "shared", "mountPath": "/mnt/shared", "readOnly": False,
+         "nfs": {"server": "nfs.example.com", "path": "/exports/datasets"}},
+    ])["spec"]),
 }
 
 
@@ -290,3 +295,35 @@ def test_compile_is_refused_on_the_default_trainer_image() -> None:
                                                    resources={"image": "registry.local/trainer:cc"}), CONFIG) == []
     assert children.spec_problems("gan-1", compiled, OperatorConfig(trainer_image_compiles=True)) == []
     assert children.spec_problems("gan-1", VARIANTS["cpu"], CONFIG) == []
+
+
+def test_dataset_volumes_are_mounted_where_the_job_says() -> None:
+    """spec.volumes: each PVC or NFS export becomes a pod volume `data-<name>` mounted at its mountPath (read-only
+    unless the job says otherwise), next to the operator's own volumes, which stay as they are."""
+    job = children.training_job(OWNER, VARIANTS["dataset-volumes"], CONFIG, attempt=1)
+    pod = job["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert volumes["data-faces"]["persistentVolumeClaim"] == {"claimName": "faces-pvc", "readOnly": True}
+    assert volumes["data-shared"]["nfs"] == {"server": "nfs.example.com", "path": "/exports/datasets",
+                                             "readOnly": False}
+    assert mounts["data-faces"] == {"name": "data-faces", "mountPath": "/data/faces", "readOnly": True}
+    assert mounts["data-shared"] == {"name": "data-shared", "mountPath": "/mnt/shared", "readOnly": False}
+    assert {"job-file", "tmp", "cache", "dshm"} <= set(volumes)
+    plain = children.training_job(OWNER, VARIANTS["digits"], CONFIG, attempt=1)["spec"]["template"]["spec"]
+    assert {v["name"] for v in plain["volumes"]} == {"job-file", "tmp", "cache", "dshm"}
+
+
+@pytest.mark.parametrize(("volume", "problem"), [
+    ({"name": "a", "mountPath": "/opt/data", "persistentVolumeClaim": {"claimName": "a"}}, "mountPath"),
+    ({"name": "a", "mountPath": "/tmp/data", "persistentVolumeClaim": {"claimName": "a"}}, "mountPath"),
+    ({"name": "A_b", "mountPath": "/data/a", "persistentVolumeClaim": {"claimName": "a"}}, "name"),
+    ({"name": "a", "mountPath": "/data/a", "nfs": {"server": "nfs", "path": "exports"}}, "path"),
+])
+def test_dataset_volumes_cannot_shadow_the_image_or_the_pods_own_folders(volume: dict[str, Any],
+                                                                          problem: str) -> None:
+    from ganops.api.loader import JobFileError
+
+    with pytest.raises(JobFileError) as caught:
+        job_from_object(digits_job("gan-1", volumes=[volume]))
+    assert any(problem in line for line in caught.value.problems), caught.value.problems

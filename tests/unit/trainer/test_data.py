@@ -471,6 +471,8 @@ def test_unknown_builtin(tmp_path: Path) -> None:
 def test_missing_path_and_non_archive_file(tmp_path: Path) -> None:
     spec = job_spec(f"file://{tmp_path}/nowhere", image_size=8)
     raises(lambda: load_dataset(spec, cache_dir=tmp_path), f"'file://{tmp_path}/nowhere'", "does not exist")
+    # In a pod the fix is a volume the spec can declare (spec.volumes), not one nobody can mount.
+    raises(lambda: load_dataset(spec, cache_dir=tmp_path), "spec.volumes", "PersistentVolumeClaim or an NFS export")
     (tmp_path / "one.png").write_bytes(png_bytes(RED))
     raises(lambda: load_dataset_uri(f"file://{tmp_path}/one.png", cache_dir=tmp_path), "not an archive", ".zip")
 

@@ -252,8 +252,9 @@ class _ImageLoader:
         path = Path(storage.split_uri(self.uri).key)
         shown = path.resolve()
         if not path.exists():
-            raise self.err(f"{shown} does not exist: check the path (file:///absolute/path or file://relative) "
-                           "and that the volume is mounted in the trainer pod")
+            raise self.err(f"{shown} does not exist: check the path (file:///absolute/path or file://relative); "
+                           "in a cluster the trainer pod sees only the volumes the job declares in spec.volumes (a "
+                           "PersistentVolumeClaim or an NFS export mounted under /data or /mnt)")
         if path.is_dir():
             files = self._local_files(path)
             fingerprint = [[rel, st.st_size, st.st_mtime_ns] for rel, st in files]
