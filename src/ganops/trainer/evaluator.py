@@ -174,32 +174,9 @@ def kid_precomputed(real: F32, fake: F32, *, num_subsets: int = KID_SUBSETS, sub
         raise InsufficientSamples(n, "2")
     if max(n_real, n_fake) > KID_PRECOMPUTE_MAX:
         return kernel_inception_distance(real, fake, num_subsets=num_subsets, subset_size=subset_size, seed=seed)
-    m = min(n, subset_size)
-    rng = np.random.default_rng(seed)
-    w_real = torch.zeros(num_subsets, n_real, dtype=torch.float64)
-    w_fake = torch.zeros(num_subsets, n_fake, dtype=torch.float64)
-    for i in range(num_subsets):  # the draw order of kernel_inception_distance: real, then fake
-        w_real[i, torch.from_numpy(rng.choice(n_real, m, replace=False))] = 1.0
-        w_fake[i, torch.from_numpy(rng.choice(n_fake, m, replace=False))] = 1.0
-    y = torch.from_numpy(np.ascontiguousarray(real, dtype=np.float32))
-    x = torch.from_numpy(np.ascontiguousarray(fake, dtype=np.float32))
-    d = x.shape[1]
-
-    def kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return ((a @ b.T) / d + 1.0).pow_(3).double()
-
-    def within(w: torch.Tensor, k: torch.Tensor) -> torch.Tensor:  # off-diagonal sum of each subset's block
-        return ((w @ k) * w).sum(1) - w @ torch.diagonal(k)
-
-    k_xx = kernel(x, x)
-    sum_xx = within(w_fake, k_xx)
-    del k_xx
-    k_yy = kernel(y, y)
-    sum_yy = within(w_real, k_yy)
-    del k_yy
-    cross = ((w_fake @ kernel(x, y)) * w_real).sum(1)
-    values = (sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * cross / (m * m)
-    return KIDResult(mean=float(values.mean()), std=float(values.std(unbiased=False)))
+    return torch_metrics.kid(torch.from_numpy(np.ascontiguousarray(real, dtype=np.float32)),
+                             torch.from_numpy(np.ascontiguousarray(fake, dtype=np.float32)),
+                             num_subsets=num_subsets, subset_size=subset_size, seed=seed)
 
 
 # --------------------------------------------------------------------------- reference statistics

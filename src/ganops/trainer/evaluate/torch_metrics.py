@@ -68,7 +68,7 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
 def kid(real: torch.Tensor, fake: torch.Tensor, *, num_subsets: int = 100, subset_size: int = 1000,
         seed: int = 0) -> KIDResult:
     """KID with the subsets of `kernel_inception_distance` (same seed, same draw order), from three kernel matrices
-    on the features' device (as the evaluator's `kid_precomputed`)."""
+    on the features' device; the evaluator's `kid_precomputed` is this on NumPy arrays."""
     n_real, n_fake = int(real.shape[0]), int(fake.shape[0])
     n = min(n_real, n_fake)
     if n < 2:
