@@ -299,7 +299,7 @@ def inception_evaluation(sizes: Sizes, device: torch.device, tmp: Path) -> dict[
     weights = tmp / "inception-random.pt"
     torch.save(FIDInceptionV3().state_dict(), weights)  # random weights: the same cost as the real ones
     spec = job(sizes, steps=1, gpus=1 if device.type == "cuda" else 0, metrics=["fid", "kid", "precision_recall"],
-               extractor="inception", inception=str(weights)).spec
+               extractor="inception", inception=weights.as_uri()).spec
     # As many distinct real images as samples (digits has 1,797: too few for a 2048-d covariance), uint8 as a folder
     # of 8-bit files would be; only the cost matters here.
     pixels = torch.randint(0, 256, (spec.evaluation.num_samples, 1, sizes.image, sizes.image), dtype=torch.uint8,

@@ -186,6 +186,8 @@ class Synthetic:
                      [(("faces",), math.floor(t / 30)), (("digits",), 0)]),
             _counter("ganops_model_store_errors_total", ("model",),
                      [(("faces",), math.floor(t / 20)), (("digits",), 0)]),
+            _counter("ganops_audit_failures_total", ("reason",),
+                     [(("write_error",), math.floor(t / 10)), (("queue_full",), 0)]),
         ]
 
     def dcgm(self, t: float) -> list[Metric]:

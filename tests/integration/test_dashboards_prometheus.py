@@ -262,6 +262,8 @@ ALERT_EXPECTATIONS: dict[str, list[tuple[dict[str, str], ExpectedValue, float]]]
     "GanModelLoadFailing": [({**SERVING, "model": "faces"}, 1.0, 0.1)],
     # faces' store errors are floor(t / 20) = 2 in 10 min, under 10
     "GanModelRegistryUnreachable": [],
+    # audit segment writes fail floor(t / 10) = 4 times in 10 min (>= 3); no record was dropped (queue_full 0)
+    "GanAuditLogFailing": [({**SERVING, "reason": "write_error"}, 4.0, 0.5)],
     "GanOperatorDown": [],
     # reconcile errors floor(t / 10) against 5 reconciles/s: about 2 %, under 10 %
     "GanOperatorReconcileErrors": [],

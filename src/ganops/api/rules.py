@@ -118,7 +118,7 @@ RULES: tuple[Rule, ...] = (
         model="GanTrainingJob",
         node="",
         field="metadata.name",
-        cel=f"self.metadata.name.matches(r'{DNS_LABEL}')",
+        cel=f"!has(self.metadata.name) || self.metadata.name.matches(r'{DNS_LABEL}')",
         check=lambda j: matches(DNS_LABEL, j.metadata.name),
         message="must be a DNS label: lower-case letters, digits and '-', starting and ending with a letter or "
         "digit (it names the Job, its pods' hostnames and the ganops.io/job label)",
@@ -129,7 +129,8 @@ RULES: tuple[Rule, ...] = (
         model="GanTrainingJob",
         node="",
         field="metadata.name",
-        cel=f"size(self.metadata.name) + 1 + size(string(self.spec.resources.replicas - 1)) <= {MAX_HOSTNAME}",
+        cel=f"!has(self.metadata.name) || "
+        f"size(self.metadata.name) + 1 + size(string(self.spec.resources.replicas - 1)) <= {MAX_HOSTNAME}",
         check=lambda j: len(j.metadata.name) + 1 + len(str(j.spec.resources.replicas - 1)) <= MAX_HOSTNAME,
         message=f"is too long: the pods' hostnames <name>-<index> must be at most {MAX_HOSTNAME} characters "
         "(a name of up to 61 characters for up to 10 replicas, 60 for up to 100)",
@@ -140,7 +141,7 @@ RULES: tuple[Rule, ...] = (
         model="GanTrainingJob",
         node="",
         field="metadata.name",
-        cel="self.spec.resources.replicas == 1 || self.metadata.name.matches('^[a-z]')",
+        cel="!has(self.metadata.name) || self.spec.resources.replicas == 1 || self.metadata.name.matches('^[a-z]')",
         check=lambda j: j.spec.resources.replicas == 1 or matches("^[a-z]", j.metadata.name),
         message="must start with a letter when resources.replicas > 1: it names the headless Service that the "
         "replicas rendezvous through",
