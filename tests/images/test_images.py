@@ -91,7 +91,7 @@ SELECTED = _selected()
 def needs(image: str) -> None:
     """Skip, saying why, a step whose image this run does not test."""
     if image not in SELECTED:
-        pytest.skip(f"the {image} image is not in this run (GANOPS_IMAGES={' '.join(SELECTED)})")
+        pytest.skip(reason=f"the {image} image is not in this run (GANOPS_IMAGES={' '.join(SELECTED)})")
 
 # What a process learns about itself inside the container (the security probe).
 PROBE = r"""
@@ -172,7 +172,8 @@ def built_images() -> dict[str, str]:
 def engine() -> Engine:
     forced = os.environ.get("GANOPS_IMAGE_TESTS") == "1"
     if not forced:  # images left in the storage by an earlier build may be older than this checkout's tests
-        pytest.skip("the images' smoke runs belong to `make images-test` (GANOPS_IMAGE_TESTS=1), after `make images`")
+        pytest.skip(reason="the images' smoke runs belong to `make images-test` (GANOPS_IMAGE_TESTS=1), "
+                           "after `make images`")
     reason = None
     if shutil.which("buildah") is None:
         reason = "buildah is not installed (`make images` installs it; GANOPS_IMAGE_TESTS=1 insists)"
@@ -181,7 +182,7 @@ def engine() -> Engine:
     if reason is not None:
         if forced:
             pytest.fail(f"GANOPS_IMAGE_TESTS=1 but {reason}")
-        pytest.skip(reason)
+        pytest.skip(reason=reason)
     return detect("buildah")
 
 
@@ -206,7 +207,7 @@ def images(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> dict[str
         message = f"images not built: {', '.join(missing)} (run `make images`)"
         if os.environ.get("GANOPS_IMAGE_TESTS") == "1":
             pytest.fail(message)
-        pytest.skip(message)
+        pytest.skip(reason=message)
     return refs
 
 
@@ -473,7 +474,7 @@ def test_trainer_image_trains_and_the_operator_promotes(platform: Platform, resu
     needs("trainer")
     p = platform
     if not p.state.get("job_created"):
-        pytest.skip("needs the operator's Job (the operator step failed)")
+        pytest.skip(reason="needs the operator's Job (the operator step failed)")
     with results.step("trainer: train") as details:
         def pod() -> dict[str, Any] | None:
             pods = p.kube.list("v1", "Pod", JOBS_NS, label_selector=f"ganops.io/job={JOB}")
@@ -528,7 +529,7 @@ def test_serving_image_serves_the_checkpoint(platform: Platform, results: Result
     needs("serving")
     p = platform
     if not p.state.get("promoted"):
-        pytest.skip("needs a promoted model (the trainer or promotion step failed)")
+        pytest.skip(reason="needs a promoted model (the trainer or promotion step failed)")
     with results.step("serving: generate") as details:
         # The Secrets the chart's defaults name (docs/install.md): API key hashes, and S3 read access for the
         # checkpoints (serving.s3SecretName). The chart's serving ConfigMap, as Helm would create it.

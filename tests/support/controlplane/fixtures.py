@@ -52,7 +52,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     except ControlPlaneUnavailable as exc:
         if os.environ.get(REQUIRED_ENV) == "required":
             pytest.fail(f"{REQUIRED_ENV}=required, but the control plane is not available: {exc}")
-        pytest.skip(f"real control plane not built: {exc}")
+        pytest.skip(reason=f"real control plane not built: {exc}")
     with ControlPlane(binaries, tmp_path_factory.mktemp("controlplane")) as cp:
         yield cp
 

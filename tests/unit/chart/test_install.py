@@ -151,7 +151,7 @@ def _helm() -> str:
     except ControlPlaneUnavailable as exc:
         if os.environ.get("GANOPS_CONTROLPLANE") == "required":
             pytest.fail(f"GANOPS_CONTROLPLANE=required, but helm is not built: {exc}")
-        pytest.skip(f"the helm CLI is not built: {exc}")
+        pytest.skip(reason=f"the helm CLI is not built: {exc}")
 
 
 def _helm_template(helm: str, chart_path: Path) -> list[Any]:
